@@ -1,0 +1,97 @@
+"""Local Response Normalization (Krizhevsky et al. 2012, §3.3) as a Keras layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+IMPLEMENTATIONS = ("builtin", "banded")
+
+
+def _check_positive(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value}")
+    return value
+
+
+def channel_band(channels: int, size: int) -> np.ndarray:
+    """The [C, C] 0/1 matrix whose column c sums channels max(0, c-size//2)..c+size//2."""
+    idx = np.arange(channels)
+    return (np.abs(idx[:, None] - idx[None, :]) <= size // 2).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Cross-channel LRN of the AlexNet paper, channels-last.
+
+    b[c] = a[c] / (k + alpha * sum_{j=max(0, c-size//2)}^{min(C-1, c+size//2)} a[j]^2) ** beta
+
+    `alpha` multiplies the plain sum of squares, as in the paper and in
+    `tf.nn.local_response_normalization`. PyTorch's `nn.LocalResponseNorm` and
+    Caffe divide alpha by `size`: a paper alpha of 1e-4 is PyTorch/Caffe
+    `alpha=5e-4` with `size=5`.
+
+    The layer computes in float32 whatever the dtype policy (squares of
+    activations around 300 overflow float16) and casts the result back.
+
+    Args:
+        size: odd window length over channels (the paper's n). Default 5.
+        k: additive constant. Default 2.
+        alpha: scale of the sum of squares. Default 1e-4.
+        beta: exponent. Default 0.75.
+        implementation: "builtin" uses `tf.nn.local_response_normalization`
+            (becomes TFLite's LOCAL_RESPONSE_NORMALIZATION op); "banded" sums
+            the window with a fixed banded [C, C] matmul over channels, which
+            has a cheaper gradient on CPU. Both compute the same formula.
+    """
+
+    def __init__(self, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                 beta: float = 0.75, implementation: str = "builtin", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise TypeError(f"`size` must be an odd positive integer. Received: size={size!r}")
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"`size` must be an odd positive integer. Received: size={size}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}. "
+                             f"Received: implementation={implementation!r}")
+        self.size = int(size)
+        self.k = _check_positive("k", k)
+        self.beta = _check_positive("beta", beta)
+        alpha = float(alpha)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"`alpha` must be a non-negative finite number. Received: alpha={alpha}")
+        self.alpha = alpha
+        self.implementation = implementation
+        self._band = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError("LocalResponseNormalization expects [batch, height, width, channels] "
+                             f"with a known channel count. Received: input_shape={input_shape}")
+        self._band = channel_band(int(input_shape[-1]), self.size)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = tf.cast(inputs, tf.float32)
+        if self.implementation == "builtin":
+            y = tf.nn.local_response_normalization(
+                x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha, beta=self.beta)
+        else:
+            window = tf.tensordot(tf.square(x), tf.constant(self._band), axes=[[3], [0]])
+            y = x * tf.pow(self.k + self.alpha * window, -self.beta)
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, k=self.k, alpha=self.alpha, beta=self.beta,
+                      implementation=self.implementation)
+        return config

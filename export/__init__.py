@@ -1,0 +1,1 @@
+"""Exports a trained AlexNet: TF Serving SavedModel and TFLite."""
