@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-IMPLEMENTATIONS = ("builtin", "banded")
+IMPLEMENTATIONS = ("builtin", "banded", "decomposed")
 
 
 def _check_positive(name: str, value) -> float:
@@ -23,6 +23,26 @@ def channel_band(channels: int, size: int) -> np.ndarray:
     """The [C, C] 0/1 matrix whose column c sums channels max(0, c-size//2)..c+size//2."""
     idx = np.arange(channels)
     return (np.abs(idx[:, None] - idx[None, :]) <= size // 2).astype(np.float32)
+
+
+def _inverse_power(d: tf.Tensor, beta: float) -> tf.Tensor:
+    """d ** -beta; from RSQRT and MUL alone when beta is a multiple of 1/4 up to 2.
+
+    With r = rsqrt(d) = d^-1/2 and q = r * rsqrt(r) = d^-1/4, d^-beta is a
+    product of r's and at most one q (beta = 0.75: r * q). TFLite keeps RSQRT
+    and MUL integer under int8 quantization and XNNPACK runs both; other
+    exponents fall back to POW, which stays float.
+    """
+    quarters = beta * 4.0
+    if quarters != round(quarters) or not 1 <= quarters <= 8:
+        return tf.pow(d, -beta)
+    halves, quarter = divmod(int(round(quarters)), 2)
+    r = tf.math.rsqrt(d)
+    factors = [r] * halves + ([r * tf.math.rsqrt(r)] if quarter else [])
+    y = factors[0]
+    for f in factors[1:]:
+        y = y * f
+    return y
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
@@ -47,7 +67,14 @@ class LocalResponseNormalization(keras.layers.Layer):
         implementation: "builtin" uses `tf.nn.local_response_normalization`
             (becomes TFLite's LOCAL_RESPONSE_NORMALIZATION op); "banded" sums
             the window with a fixed banded [C, C] matmul over channels, which
-            has a cheaper gradient on CPU. Both compute the same formula.
+            has a cheaper gradient on CPU; "decomposed" is the form for
+            TFLite integer models and delegates: the square is a multiply,
+            the window sum `k + alpha * sum` a fixed 1x1 convolution over
+            channels (kernel alpha * band, bias k) and the power a product of
+            RSQRTs (see `_inverse_power`). TFLite's builtin LRN kernel is
+            float32-only and neither XNNPACK nor the GPU delegate runs it; the
+            decomposed ops quantize to int8 and delegate. All three compute
+            the same formula.
     """
 
     def __init__(self, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
@@ -82,6 +109,11 @@ class LocalResponseNormalization(keras.layers.Layer):
         if self.implementation == "builtin":
             y = tf.nn.local_response_normalization(
                 x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha, beta=self.beta)
+        elif self.implementation == "decomposed":
+            # [1, 1, C, C] kernel: output channel c sums alpha * a[j]^2 over the window.
+            kernel = tf.constant((self.alpha * self._band)[None, None])
+            d = tf.nn.conv2d(x * x, kernel, strides=1, padding="VALID") + self.k
+            y = x * _inverse_power(d, self.beta)
         else:
             window = tf.tensordot(tf.square(x), tf.constant(self._band), axes=[[3], [0]])
             y = x * tf.pow(self.k + self.alpha * window, -self.beta)

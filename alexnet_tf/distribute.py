@@ -1,0 +1,80 @@
+"""Choosing a tf.distribute strategy from `--strategy` (and TF_CONFIG for several workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def split_cpu(n: int) -> None:
+    """Splits the host CPU into `n` logical devices, so that `mirrored` can run without GPUs.
+
+    Must run before TensorFlow initialises its devices.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                         '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                         '"task": {"type": "worker", "index": 0}}).')
+    try:
+        config = json.loads(raw)
+        config["cluster"], config["task"]["type"], config["task"]["index"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"TF_CONFIG is not valid: it needs 'cluster' and 'task' with 'type' "
+                         f"and 'index'. Received: TF_CONFIG={raw!r}") from None
+    return config
+
+
+def make_strategy(name: str = "auto"):
+    """Builds the strategy named by `--strategy`.
+
+    Args:
+        name: "auto" (all local GPUs mirrored when there are several, else one device),
+            "one_device", "mirrored" (all local GPUs, or all logical CPUs without GPUs),
+            "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG) or "tpu".
+
+    Returns:
+        (strategy, is_chief, num_workers, worker_index).
+
+    Raises:
+        ValueError: on an unknown name, a missing or bad TF_CONFIG, or no TPU.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0"), True, 1, 0
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices), True, 1, 0
+    if name == "multi_worker":
+        config = _tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        task = config["task"]
+        workers = len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", []))
+        if "chief" in config["cluster"]:
+            is_chief = task["type"] == "chief"
+            index = 0 if is_chief else int(task["index"]) + 1
+        else:
+            is_chief = task["type"] == "worker" and int(task["index"]) == 0
+            index = int(task["index"])
+        return strategy, is_chief, workers, index
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ValueError(f"--strategy=tpu found no TPU: {e}") from None
+    return tf.distribute.TPUStrategy(resolver), True, 1, 0

@@ -1,0 +1,515 @@
+"""Training: the paper's recipe (§5) as a custom loop on tf.distribute, with exact resume.
+
+The loop is written by hand rather than with `Model.fit` so that one code path
+serves one device, several local GPUs and several workers, and so that a
+checkpoint holds everything a resumed run needs: weights, optimizer slots,
+dropout RNG state, schedule state, epoch and step. The data order and the
+augmentation draws are functions of (seed, epoch, step), so they need no state.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import logging
+
+from alexnet_tf import rundir
+from alexnet_tf.distribute import make_strategy, split_cpu
+from alexnet_tf.evaluation import evaluate_dataset
+from alexnet_tf.model import build_alexnet
+from data_pipeline import preprocess
+
+CKPT_SUBDIR = "ckpt"
+PCA_FILE = "pca.json"
+CSV_LOG = "log.csv"
+SUMMARY = "summary.json"
+# Options that must match for a run to resume from a checkpoint.
+RESUME_KEYS = ("variant", "num_classes", "model_kwargs")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """All the settings of a training run (the flags of `python main.py train`)."""
+    model: str = "cifar"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    model_dir: str = "runs/cifar-cifar10"
+    epochs: int = 30
+    batch_size: int = 128
+    steps_per_epoch: int = 0
+    seed: int = 0
+    num_classes: int = 10
+    synthetic_examples: int = 1024
+    init: str | None = None
+    groups: int = 1
+    cache: bool = False
+    strict: bool = False
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "plateau"
+    plateau_patience: int = 2
+    max_lr_drops: int = 3
+    warmup_epochs: float = 0.0
+    precision: str = "float32"
+    jit_compile: str = "auto"
+    deterministic: bool = False
+    strategy: str = "auto"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    flip: bool = True
+    noise_std: float = 0.0
+    pca_std: float = 0.1
+    lrn_implementation: str = "builtin"
+    augment: bool = True
+    dropout: float = 0.5
+    cpu_devices: int = 0
+    verbose: int = 1
+
+
+def paper_gradients(grads, variables, weight_decay: float):
+    """Adds the paper's weight decay to the gradients of kernels (not biases).
+
+    With SGD momentum, v <- m*v - lr*g; w <- w + v, a gradient g = dL/dw + wd*w gives
+    exactly §5's v <- 0.9*v - 0.0005*lr*w - lr*dL/dw. Keras' `weight_decay=` would be
+    decoupled from the momentum instead.
+    """
+    if isinstance(weight_decay, (int, float)) and not weight_decay:
+        return list(grads)
+    return [g + tf.cast(weight_decay, g.dtype) * tf.cast(v, g.dtype)
+            if _is_decayed(v) else g for g, v in zip(grads, variables)]
+
+
+def _is_decayed(variable) -> bool:
+    return variable.path.endswith("kernel")
+
+
+class LearningRate:
+    """The learning-rate schedules; its state (for plateau) lives in checkpointed variables."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int):
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = steps_per_epoch * config.epochs
+        self.warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+        # Plateau state.
+        self.scale = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="lr_scale")
+        self.best_val = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_top1")
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        self.drops = tf.Variable(0, dtype=tf.int64, trainable=False, name="lr_drops")
+
+    def __call__(self, step: int) -> float:
+        c = self.config
+        base = c.learning_rate
+        if self.warmup_steps and step < self.warmup_steps and c.lr_schedule != "plateau":
+            return base * (step + 1) / self.warmup_steps
+        if c.lr_schedule == "plateau":
+            return base * float(self.scale.numpy())
+        if c.lr_schedule == "step":  # /10 after each third of the run
+            third = max(1, self.total_steps // 3)
+            return base * 0.1 ** min(2, step // third)
+        span = max(1, self.total_steps - self.warmup_steps)  # cosine
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def end_of_epoch(self, val_top1: float) -> bool:
+        """Records an epoch's val top-1; returns True when the plateau rule divided the rate."""
+        improved = val_top1 > float(self.best_val.numpy())
+        if improved:
+            self.best_val.assign(val_top1)
+            self.bad_epochs.assign(0)
+            return False
+        self.bad_epochs.assign_add(1)
+        if (self.config.lr_schedule == "plateau" and self.bad_epochs.numpy() >= self.config.plateau_patience
+                and self.drops.numpy() < self.config.max_lr_drops):
+            self.scale.assign(self.scale * 0.1)
+            self.drops.assign_add(1)
+            self.bad_epochs.assign(0)
+            return True
+        return False
+
+
+def check_model_dir(model_dir: str) -> None:
+    """Creates `model_dir` or raises a clear error when it cannot hold a run."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise NotADirectoryError(f"--model_dir={model_dir!r} is a file; give a folder for the run.")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"Cannot create --model_dir={model_dir!r}: {e.strerror}.") from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"--model_dir={model_dir!r} is not writable.")
+
+
+def _jit(config: TrainConfig) -> bool:
+    if config.jit_compile == "auto":
+        # Measured slower than TF's graph mode with oneDNN on CPUs; a win on GPUs.
+        return bool(tf.config.list_logical_devices("GPU"))
+    return config.jit_compile == "true"
+
+
+def _run_info(config: TrainConfig, source, num_classes: int) -> dict:
+    model_kwargs = {"groups": config.groups, "init": config.init, "dropout": config.dropout}
+    return {
+        "variant": config.model,
+        "num_classes": num_classes,
+        "class_names": list(source.class_names),
+        "model_kwargs": model_kwargs,
+        "dataset": config.dataset,
+        "data_dir": os.path.abspath(config.data_dir) if config.data_dir else None,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def _check_resumable(old: dict, new: dict, model_dir: str) -> None:
+    for key in RESUME_KEYS:
+        if old.get(key) != new.get(key):
+            raise ValueError(
+                f"--model_dir={model_dir!r} holds a run with {key}={old.get(key)!r}, but this run "
+                f"asks for {key}={new.get(key)!r}. Use another --model_dir, or the same settings "
+                "to resume.")
+
+
+class _Progress:
+    """Keras' progress bar on the chief only."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "top1", "lr"]) if enabled else None
+
+    def update(self, step: int, values):
+        if self.bar is not None:
+            self.bar.update(step, values)
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains (or resumes) a run in `config.model_dir`; see `_train`. Restores the global dtype policy."""
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config: TrainConfig) -> dict:
+    """Trains (or resumes) a run in `config.model_dir`.
+
+    Returns:
+        The run summary (also written to MODEL_DIR/summary.json).
+
+    Raises:
+        ValueError: on conflicting settings or data problems; FloatingPointError
+        when the loss stops being finite (the last good checkpoint is kept).
+    """
+    from data_pipeline import augment as aug
+    from data_pipeline.pipeline import load_data
+
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+
+    if config.cpu_devices > 1:
+        split_cpu(config.cpu_devices)
+    strategy, is_chief, num_workers, worker_index = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
+                         f"{replicas} replicas of --strategy={config.strategy}.")
+    model_dir = config.model_dir if is_chief else os.path.join(config.model_dir, f".worker-{worker_index}")
+    check_model_dir(model_dir)
+
+    source = load_data(config.dataset, config.data_dir, config.model, seed=config.seed,
+                       cache=config.cache, strict=config.strict, num_classes=config.num_classes,
+                       synthetic_examples=config.synthetic_examples)
+    for path, reason in source.skipped:
+        logging.warning("Skipped unreadable image %s: %s", path, reason)
+    if source.skipped:
+        logging.warning("Skipped %d unreadable images in all.", len(source.skipped))
+    num_classes = len(source.class_names)
+
+    info = _run_info(config, source, num_classes)
+    info_path = os.path.join(config.model_dir, rundir.RUN_INFO)
+    if os.path.isfile(info_path):
+        _check_resumable(rundir.read_run_info(config.model_dir), info, config.model_dir)
+    if is_chief:
+        rundir.write_run_info(config.model_dir, info)
+
+    full_steps = source.num_train // config.batch_size
+    if full_steps == 0:
+        raise ValueError(f"--batch_size={config.batch_size} is larger than the training split "
+                         f"({source.num_train} images).")
+    steps_per_epoch = min(full_steps, config.steps_per_epoch) if config.steps_per_epoch else full_steps
+
+    pca = _pca(config, source, model_dir if is_chief else config.model_dir) if config.pca_std else None
+    aug_config = aug.AugmentConfig.for_variant(
+        config.model, flip=config.flip, noise_std=config.noise_std, pca_std=config.pca_std,
+        pca_eigvals=None if pca is None else tuple(pca["eigvals"]),
+        pca_eigvecs=None if pca is None else tuple(map(tuple, pca["eigvecs"])))
+
+    with strategy.scope():
+        model = build_alexnet(config.model, num_classes, seed=config.seed,
+                              lrn_implementation=config.lrn_implementation,
+                              **info["model_kwargs"])
+        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+        if config.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        schedule = LearningRate(config, steps_per_epoch)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # Training metrics of the epoch in progress: loss sum, top-1 hits, top-5 hits, images.
+        epoch_sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False, name="epoch_sums")
+
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer,
+        rng_states=[v.value for v in model.non_trainable_variables],
+        epoch=epoch_var, step_in_epoch=step_in_epoch, global_step=global_step,
+        epoch_sums=epoch_sums, lr_scale=schedule.scale, best_val=schedule.best_val,
+        bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CKPT_SUBDIR),
+                                         max_to_keep=config.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s (epoch %d, step %d of the epoch).", latest,
+                     int(epoch_var.numpy()) + 1, int(step_in_epoch.numpy()))
+        if config.verbose:
+            print(f"Resuming from {latest}: epoch {int(epoch_var.numpy()) + 1}, "
+                  f"step {int(step_in_epoch.numpy())} of {steps_per_epoch}.")
+
+    replica_step = make_replica_step(
+        model, optimizer, variant=config.model, global_batch=config.batch_size,
+        weight_decay=config.weight_decay, top_k=min(5, num_classes),
+        augment=aug_config if config.augment else None,
+        seed=config.seed, seed_offset=worker_index * (replicas // num_workers))
+    compiled_step = tf.function(replica_step, jit_compile=_jit(config), reduce_retracing=True)
+
+    @tf.function
+    def train_step(images, labels, step):
+        sums = strategy.run(compiled_step, args=(images, labels, step))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    csv_path = os.path.join(model_dir, CSV_LOG)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if is_chief else None
+    history = _read_history(csv_path)
+    best_path = os.path.join(model_dir, rundir.WEIGHTS["best"])
+    latest_path = os.path.join(model_dir, rundir.WEIGHTS["latest"])
+    start_time = time.time()
+    train_seconds = 0.0
+    images_seen = 0
+    val_ds = source.val_dataset(config.batch_size)
+
+    while int(epoch_var.numpy()) < config.epochs:
+        epoch = int(epoch_var.numpy())
+        skip = int(step_in_epoch.numpy())
+        if config.verbose and is_chief:
+            print(f"Epoch {epoch + 1}/{config.epochs}")
+        ds = _epoch_dataset(strategy, source, config.batch_size, epoch, skip,
+                            steps_per_epoch - skip, replicas // num_workers)
+        progress = _Progress(steps_per_epoch, bool(config.verbose) and is_chief)
+        epoch_start = time.time()
+        for images, labels in ds:
+            step = int(global_step.numpy())
+            lr = schedule(step)
+            optimizer.learning_rate.assign(lr)
+            sums = train_step(images, labels, tf.constant(step, tf.int64))
+            epoch_sums.assign_add(sums)
+            loss_sum, hits, _, n = epoch_sums.numpy()
+            batch_loss = float(sums[0].numpy()) / max(1.0, float(sums[3].numpy()))
+            if not math.isfinite(batch_loss):
+                raise FloatingPointError(
+                    f"The training loss became {batch_loss} at step {step} (epoch {epoch + 1}); "
+                    f"stopped. The last good checkpoint is kept: {manager.latest_checkpoint or 'none yet'}. "
+                    "Lower --learning_rate, or use --precision=float32.")
+            global_step.assign_add(1)
+            step_in_epoch.assign_add(1)
+            images_seen += config.batch_size
+            progress.update(int(step_in_epoch.numpy()),
+                            [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
+            if (config.checkpoint_every_steps and int(global_step.numpy()) % config.checkpoint_every_steps == 0
+                    and int(step_in_epoch.numpy()) < steps_per_epoch):
+                manager.save(checkpoint_number=int(global_step.numpy()))
+        train_seconds += time.time() - epoch_start
+
+        val = evaluate_dataset(model, val_ds, config.model, num_classes)
+        loss_sum, hits, k_hits, n = epoch_sums.numpy()
+        record = {
+            "epoch": epoch + 1, "lr": schedule(int(global_step.numpy()) - 1),
+            "loss": loss_sum / n, "top1": hits / n, "top5": k_hits / n if num_classes > 5 else None,
+            "val_loss": val["loss"], "val_top1": val["top1"],
+            "val_top5": val["top5"] if num_classes > 5 else None,
+            "seconds": time.time() - epoch_start, "wall_seconds": time.time() - start_time,
+        }
+        improved = val["top1"] > float(schedule.best_val.numpy())
+        dropped = schedule.end_of_epoch(val["top1"])
+        epoch_var.assign_add(1)
+        step_in_epoch.assign(0)
+        epoch_sums.assign(tf.zeros([4], tf.float64))
+        if is_chief:
+            rundir.save_weights_atomic(model, latest_path)
+            if improved:
+                rundir.save_weights_atomic(model, best_path)
+        manager.save(checkpoint_number=int(global_step.numpy()))
+        history.append(record)
+        if is_chief:
+            _log_epoch(csv_path, writer, record, history)
+        if config.verbose and is_chief:
+            top5 = f" val_top5 {record['val_top5']:.4f}" if record["val_top5"] is not None else ""
+            print(f"epoch {epoch + 1}: loss {record['loss']:.4f} top1 {record['top1']:.4f} "
+                  f"val_loss {record['val_loss']:.4f} val_top1 {record['val_top1']:.4f}{top5} "
+                  f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if dropped else ""))
+
+    summary = _summary(config, history, train_seconds, images_seen, start_time, num_classes)
+    if is_chief:
+        rundir.atomic_write_text(os.path.join(model_dir, SUMMARY), json.dumps(summary, indent=2))
+        _plot_curves(history, os.path.join(model_dir, "curves.png"))
+    return summary
+
+
+def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
+                      weight_decay: float, top_k: int, augment=None, seed: int = 0,
+                      seed_offset: int = 0):
+    """The per-replica train step: augmentation, forward, loss, the paper's SGD update, metrics.
+
+    Args:
+        model: the AlexNet being trained.
+        optimizer: a Keras SGD (or a LossScaleOptimizer around one).
+        variant: model variant (the eval crop when `augment` is None).
+        global_batch: images per step over all replicas (the loss is their mean).
+        weight_decay: the paper's decay, added to the kernels' gradients.
+        top_k: k of the top-k accuracy.
+        augment: an `AugmentConfig`, or None for the deterministic centre crop.
+        seed, seed_offset: augmentation draws use the stateless seed
+            [seed * 1000003 + seed_offset + replica id, step].
+
+    Returns:
+        `step(images_uint8, labels, step) -> float64 [4]`: summed loss, top-1 hits,
+        top-k hits and image count of the replica's batch.
+    """
+    if augment is not None:
+        from data_pipeline.augment import augment_batch
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(images, labels, step):
+        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + replica_id
+        if augment is not None:
+            x = augment_batch(images, tf.stack([stream, tf.cast(step, tf.int64)]), augment)
+        else:
+            x = preprocess.eval_images(images, variant)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        # The gradients are of the (possibly loss-scaled) loss: scale the decay term alike;
+        # LossScaleOptimizer unscales and skips steps with non-finite gradients.
+        decay = weight_decay * tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaled else weight_decay
+        optimizer.apply_gradients(zip(paper_gradients(grads, variables, decay), variables))
+        labels = tf.cast(labels, tf.int32)
+        top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64))
+        topk = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, top_k), tf.float64))
+        n = tf.cast(tf.shape(labels)[0], tf.float64)
+        return tf.stack([tf.cast(tf.reduce_sum(per_example), tf.float64), top1, topk, n])
+
+    return replica_step
+
+
+def _epoch_dataset(strategy, source, global_batch: int, epoch: int, skip: int, steps: int,
+                   local_replicas: int):
+    """One epoch's batches from step `skip` on, split over the strategy's replicas.
+
+    Global batch k is the concatenation of the replicas' batches k, so every
+    topology sees the same images in the same steps as a single device.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return source.train_dataset(global_batch, epoch, skip_batches=skip).take(steps)
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        ds = source.train_dataset(per_replica, epoch, skip_batches=skip * local_replicas,
+                                  num_shards=ctx.num_input_pipelines, shard_index=ctx.input_pipeline_id)
+        return ds.take(steps * local_replicas)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _pca(config: TrainConfig, source, model_dir: str) -> dict:
+    """The RGB eigen-decomposition for the PCA colour jitter, computed once per run."""
+    from data_pipeline.augment import estimate_rgb_pca
+    path = os.path.join(model_dir, PCA_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    eigvals, eigvecs = estimate_rgb_pca(source.sample_images(10000))
+    pca = {"eigvals": np.asarray(eigvals).tolist(), "eigvecs": np.asarray(eigvecs).tolist()}
+    rundir.atomic_write_text(path, json.dumps(pca, indent=2))
+    return pca
+
+
+def _read_history(csv_path: str) -> list:
+    if not os.path.isfile(csv_path):
+        return []
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+
+
+def _log_epoch(csv_path: str, writer, record: dict, history: list) -> None:
+    fields = list(record)
+    lines = [",".join(fields)]
+    for r in history:
+        lines.append(",".join("" if r.get(k) is None else repr(r.get(k)) for k in fields))
+    rundir.atomic_write_text(csv_path, "\n".join(lines) + "\n")
+    with writer.as_default(step=int(record["epoch"])):
+        for key, value in record.items():
+            if key != "epoch" and value is not None:
+                tf.summary.scalar(key, value)
+    writer.flush()
+
+
+def _summary(config, history, train_seconds, images_seen, start_time, num_classes) -> dict:
+    val = [r["val_top1"] for r in history]
+    return {
+        "best_val_top1": max(val) if val else None,
+        "final_val_top1": val[-1] if val else None,
+        "final_val_top5": history[-1]["val_top5"] if history and num_classes > 5 else None,
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "epochs": len(history),
+        "wall_seconds": time.time() - start_time,
+        "images_per_second": images_seen / train_seconds if train_seconds else None,
+        "history": history,
+        "flags": dataclasses.asdict(config),
+    }
+
+
+def _plot_curves(history: list, path: str) -> None:
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["loss"] for r in history], label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], label="val")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
+    ax2.plot(epochs, [r["top1"] for r in history], label="train top-1")
+    ax2.plot(epochs, [r["val_top1"] for r in history], label="val top-1")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
