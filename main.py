@@ -60,6 +60,13 @@ flags.DEFINE_float("noise_std", 0.0, "Std of additive Gaussian pixel noise (0-25
                    lower_bound=0.0)
 flags.DEFINE_float("pca_std", 0.1, "Std of the paper's PCA colour jitter alphas (0: off).",
                    lower_bound=0.0)
+flags.DEFINE_boolean("augment", True, "Training augmentation (off: the evaluation centre crop).")
+flags.DEFINE_float("dropout", 0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower_bound=0.0,
+                   upper_bound=0.95)
+flags.DEFINE_enum("lrn_impl", "decomposed", ["builtin", "banded", "decomposed"],
+                  "How the LRN layers compute during training (same formula; see README).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
+                     "--strategy=mirrored without GPUs.", lower_bound=0)
 
 # evaluate
 flags.DEFINE_enum("tta", "none", ["none", "10crop"], "Test-time augmentation.")
@@ -107,7 +114,8 @@ def train(argv):
         jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         keep_checkpoints=FLAGS.keep_checkpoints, flip=FLAGS.flip, noise_std=FLAGS.noise_std,
-        pca_std=FLAGS.pca_std)
+        pca_std=FLAGS.pca_std, augment=FLAGS.augment, dropout=FLAGS.dropout,
+        lrn_implementation=FLAGS.lrn_impl, cpu_devices=FLAGS.cpu_devices)
     training.train(config)
 
 
@@ -117,7 +125,21 @@ def _not_yet(name):
     return command
 
 
-evaluate = _not_yet("evaluate")
+def evaluate(argv):
+    _no_args(argv)
+    if not FLAGS.model_dir:
+        raise app.UsageError("evaluate needs --model_dir=RUN (a training run's folder).")
+    from alexnet_tf.evaluation import evaluate_run
+    dataset = FLAGS.dataset if FLAGS["dataset"].present else None
+    result = evaluate_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint, tta=FLAGS.tta, split=FLAGS.split,
+                          dataset=dataset, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size)
+    print(f"{result['split']} ({result['count']} images, {result['checkpoint']} weights, tta={result['tta']}): "
+          f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+    for name, acc in zip(result["class_names"], result["per_class"]):
+        print(f"  {name:20s} {'-' if acc is None else f'{acc:.4f}'}")
+    print(f"Wrote {os.path.join(FLAGS.model_dir, 'eval.json')} and confusion.png")
+
+
 export = _not_yet("export")
 predict = _not_yet("predict")
 prepare = _not_yet("prepare")
@@ -148,5 +170,47 @@ def main(argv):
         sys.exit(1)
 
 
+SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
+COMMAND_FLAGS = {
+    "train": ("epochs", "batch_size", "steps_per_epoch", "num_classes", "synthetic_examples", "init",
+              "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "lr_schedule",
+              "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
+              "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
+              "augment", "dropout", "lrn_impl", "cpu_devices"),
+    "evaluate": ("tta", "split", "checkpoint", "batch_size"),
+    "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
+               "calibration_steps", "checkpoint"),
+    "predict": ("artifact",),
+    "prepare": ("output_dir", "shards"),
+    "benchmark": ("what", "output", "batch_size"),
+}
+EXAMPLES = {
+    "train": "python main.py train --model=cifar --dataset=cifar10 --model_dir=runs/cifar10",
+    "evaluate": "python main.py evaluate --model_dir=runs/cifar10 --tta=10crop",
+    "export": "python main.py export --model_dir=runs/cifar10 --format=all",
+    "predict": "python main.py predict --artifact=runs/cifar10/export/alexnet_cifar/1 cat.jpg",
+    "prepare": "python main.py prepare --data_dir=images/ --output_dir=shards/ --shards=16",
+    "benchmark": "python main.py benchmark --what=train --model=cifar",
+}
+
+
+def print_help(command: str | None) -> None:
+    """`python main.py [COMMAND] --help`: the commands, or one command's flags."""
+    if command not in COMMANDS:
+        print(__doc__)
+        print("Usage: python main.py COMMAND [--flags]    (python main.py COMMAND --help for its flags)\n")
+        for name, example in EXAMPLES.items():
+            print(f"  {name:10s} {example}")
+        return
+    print(f"Usage: python main.py {command} [--flags]\n\nExample: {EXAMPLES[command]}\n")
+    for name in dict.fromkeys(COMMAND_FLAGS.get(command, ()) + SHARED_FLAGS):
+        flag = FLAGS[name]
+        print(f"  --{name}: {flag.help}\n      (default: {flag.default!r})")
+
+
 if __name__ == "__main__":
+    if any(a in ("-h", "--help", "-help", "--helpshort") for a in sys.argv[1:]):
+        words = [a for a in sys.argv[1:] if not a.startswith("-")]
+        print_help(words[0] if words else None)
+        sys.exit(0)
     app.run(main)

@@ -66,3 +66,74 @@ def evaluate_dataset(model: keras.Model, dataset: tf.data.Dataset, variant: str,
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none", split: str = "val",
+                 dataset: str | None = None, data_dir: str | None = None, batch_size: int = 128) -> dict:
+    """`python main.py evaluate`: evaluates a training run and writes MODEL_DIR/eval.json.
+
+    Args:
+        model_dir: the training run's folder.
+        checkpoint: "best" or "latest" weights.
+        tta: "none" or "10crop".
+        split: "val" or "train".
+        dataset, data_dir: another data source than the run's own (same classes).
+        batch_size: evaluation batch.
+
+    Returns:
+        The metrics (see `evaluate_dataset`) plus `split`, `tta`, `checkpoint`, `class_names`.
+
+    Raises:
+        FileNotFoundError: no run or no weights in `model_dir`.
+        ValueError: bad arguments, or a dataset whose classes differ from the run's.
+    """
+    import json
+    import os
+
+    from alexnet_tf import rundir
+    from data_pipeline.pipeline import load_data
+
+    if split not in ("val", "train"):
+        raise ValueError(f"`split` must be 'val' or 'train'. Received: split={split!r}")
+    model, info = rundir.load_trained_model(model_dir, checkpoint)
+    run_config = info.get("config", {})
+    source = load_data(dataset or info.get("dataset", "cifar10"),
+                       data_dir if dataset or data_dir else info.get("data_dir"), info["variant"],
+                       seed=run_config.get("seed", 0), num_classes=info["num_classes"],
+                       synthetic_examples=run_config.get("synthetic_examples", 1024))
+    if list(source.class_names) != list(info["class_names"]):
+        raise ValueError(f"The dataset's classes {list(source.class_names)[:10]} differ from the "
+                         f"run's {info['class_names'][:10]}.")
+    data = source.val_dataset(batch_size) if split == "val" else source.eval_train_dataset(batch_size)
+    result = evaluate_dataset(model, data, info["variant"], info["num_classes"], tta=tta)
+    result.update(split=split, tta=tta, checkpoint=checkpoint, class_names=info["class_names"])
+    rundir.atomic_write_text(os.path.join(model_dir, "eval.json"), json.dumps(result, indent=2))
+    plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, "confusion.png"))
+    return result
+
+
+def plot_confusion(confusion, class_names, path: str) -> None:
+    """Writes the confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    import os
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion)
+    n = len(class_names)
+    size = min(20, 2 + 0.5 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=90)
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -354,8 +354,8 @@ def _train(config: TrainConfig) -> dict:
         epoch_var.assign_add(1)
         step_in_epoch.assign(0)
         epoch_sums.assign(tf.zeros([4], tf.float64))
+        rundir.save_weights_atomic(model, latest_path)  # non-chief workers: in their own folder
         if is_chief:
-            rundir.save_weights_atomic(model, latest_path)
             if improved:
                 rundir.save_weights_atomic(model, best_path)
         manager.save(checkpoint_number=int(global_step.numpy()))

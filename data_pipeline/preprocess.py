@@ -50,7 +50,11 @@ def resize_and_center(images: tf.Tensor, size: int) -> tf.Tensor:
         return tf.cast(center_crop(resized, size), tf.uint8)
 
     def keep():
-        return tf.cast(images, tf.uint8)
+        if images.dtype == tf.uint8:
+            return images
+        # Round like the resize branch does; a plain cast would truncate 254.7 to 254.
+        return tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0.0, 255.0),
+                       tf.uint8)
 
     same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
     out = tf.cond(same, keep, rescale)

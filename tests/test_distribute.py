@@ -1,0 +1,97 @@
+"""tf.distribute: mirrored replicas and two workers match a single device on the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No augmentation and no dropout: every topology then computes the same mean gradient.
+FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=256",
+         "--batch_size=16", "--epochs=1", "--steps_per_epoch=4", "--seed=3", "--learning_rate=0.02",
+         "--noaugment", "--dropout=0", "--pca_std=0"]
+
+
+def run(model_dir, *extra, env_extra=None, wait=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *FLAGS, f"--model_dir={model_dir}", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def weights(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None)
+    return out
+
+
+def assert_close(a, b):
+    assert a.keys() == b.keys() and len(a) >= 16
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-6, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("single"))
+    result = run(model_dir, "--strategy=one_device")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(os.path.join(model_dir, "latest.weights.h5"))
+
+
+def test_mirrored_two_cpu_replicas(tmp_path, single_device):
+    result = run(str(tmp_path), "--strategy=mirrored", "--cpu_devices=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_close(weights(os.path.join(tmp_path, "latest.weights.h5")), single_device)
+
+
+def test_batch_not_divisible_by_replicas(tmp_path):
+    result = run(str(tmp_path), "--strategy=mirrored", "--cpu_devices=3")
+    assert result.returncode == 1
+    assert "not divisible" in result.stderr and "Traceback" not in result.stderr
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost(tmp_path, single_device):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    model_dir = str(tmp_path)
+    procs = [run(model_dir, "--strategy=multi_worker", wait=False,
+                 env_extra={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=600))
+        finally:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    chief = weights(os.path.join(model_dir, "latest.weights.h5"))
+    other = weights(os.path.join(model_dir, ".worker-1", "latest.weights.h5"))
+    for name in chief:
+        np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
+    assert_close(chief, single_device)
+
+
+def test_multi_worker_without_tf_config(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *FLAGS, f"--model_dir={tmp_path}",
+                             "--strategy=multi_worker"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1
+    assert "TF_CONFIG" in result.stderr and "Traceback" not in result.stderr
