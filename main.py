@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -81,9 +81,12 @@ flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "T
 flags.DEFINE_enum("lrn", "builtin", ["builtin", "decomposed"], "TFLite form of the LRN layers.")
 flags.DEFINE_integer("tflite_batch", 1, "Static batch of the TFLite model.", lower_bound=1)
 flags.DEFINE_integer("calibration_steps", 100, "int8 calibration images.", lower_bound=1)
+flags.DEFINE_string("model_name", None, "Served model name / TFLite file prefix "
+                    "(default: alexnet_<variant>).")
 
 # predict
 flags.DEFINE_string("artifact", None, "A SavedModel directory or a .tflite file.")
+flags.DEFINE_integer("top_k", 5, "Classes printed per file.", lower_bound=1)
 
 # prepare
 flags.DEFINE_string("output_dir", None, "Where `prepare` writes TFRecord shards.")
@@ -140,9 +143,64 @@ def evaluate(argv):
     print(f"Wrote {os.path.join(FLAGS.model_dir, 'eval.json')} and confusion.png")
 
 
-export = _not_yet("export")
-predict = _not_yet("predict")
-prepare = _not_yet("prepare")
+def export(argv):
+    _no_args(argv)
+    if not FLAGS.model_dir:
+        raise app.UsageError("export needs --model_dir=RUN, a training run's folder.")
+    tflite_only = ("quantize", "lrn", "tflite_batch", "calibration_steps")
+    if FLAGS.format == "saved_model" and any(FLAGS[f].present for f in tflite_only):
+        raise app.UsageError(f"--{'/--'.join(tflite_only)} apply to --format=tflite or all.")
+    if FLAGS.format == "tflite" and FLAGS["version"].present:
+        raise app.UsageError("--version applies to --format=saved_model or all.")
+    if FLAGS.format in ("saved_model", "all"):
+        from export.saved_model import export_saved_model
+        path = export_saved_model(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
+                                  version=FLAGS.version, model_name=FLAGS.model_name)
+        print(f"SavedModel: {path}")
+    if FLAGS.format in ("tflite", "all"):
+        from export.tflite import calibration_batches, export_tflite
+        calibration = None
+        if FLAGS.quantize == "int8" and (FLAGS["dataset"].present or FLAGS["data_dir"].present):
+            calibration = calibration_batches(FLAGS.model_dir, FLAGS.dataset, FLAGS.data_dir,
+                                              max_images=FLAGS.calibration_steps)
+        path = export_tflite(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
+                             quantize=FLAGS.quantize, lrn=FLAGS.lrn, batch=FLAGS.tflite_batch,
+                             calibration_data=calibration,
+                             calibration_steps=FLAGS.calibration_steps,
+                             model_name=FLAGS.model_name)
+        print(f"TFLite: {path}")
+
+
+def predict(argv):
+    if not FLAGS.artifact:
+        raise app.UsageError("predict needs --artifact=PATH (a SavedModel folder or a .tflite file).")
+    if len(argv) < 3:
+        raise app.UsageError("predict needs image files or folders: "
+                             "python main.py predict --artifact=PATH FILE_OR_DIR...")
+    from export.predict import predict_files, print_predictions
+    results, failures = predict_files(FLAGS.artifact, argv[2:], top_k=FLAGS.top_k)
+    print_predictions(results, failures)
+    if failures or not results:
+        sys.exit(1)
+
+
+def prepare(argv):
+    """Writes a folder tree (--data_dir) as TFRecord shards (--output_dir, --shards)."""
+    _no_args(argv)
+    if not FLAGS.data_dir:
+        raise app.UsageError("prepare needs --data_dir: a folder with train/<class>/* and "
+                             "val/<class>/* images.")
+    if not FLAGS.output_dir:
+        raise app.UsageError("prepare needs --output_dir: where the TFRecord shards go.")
+    from data_pipeline import tfrecord
+    metadata = tfrecord.write_shards(FLAGS.data_dir, FLAGS.output_dir, FLAGS.shards,
+                                     strict=FLAGS.strict)
+    splits = ", ".join(f"{split}: {info['num_examples']} images in {len(info['shards'])} shards"
+                       for split, info in metadata["splits"].items())
+    print(f"Wrote {FLAGS.output_dir} ({len(metadata['class_names'])} classes; {splits}; "
+          f"{len(metadata['skipped'])} unreadable files skipped).")
+
+
 benchmark = _not_yet("benchmark")
 
 COMMANDS = {
@@ -158,6 +216,8 @@ COMMANDS = {
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError(f"Missing command; expected one of: {', '.join(COMMANDS)}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's own INFO lines drown the progress bar
     command = COMMANDS.get(argv[1])
     if command is None:
         raise app.UsageError(f"Unknown command {argv[1]!r}; expected one of: {', '.join(COMMANDS)}")
@@ -179,8 +239,8 @@ COMMAND_FLAGS = {
               "augment", "dropout", "lrn_impl", "cpu_devices"),
     "evaluate": ("tta", "split", "checkpoint", "batch_size"),
     "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
-               "calibration_steps", "checkpoint"),
-    "predict": ("artifact",),
+               "calibration_steps", "checkpoint", "model_name"),
+    "predict": ("artifact", "top_k"),
     "prepare": ("output_dir", "shards"),
     "benchmark": ("what", "output", "batch_size"),
 }

@@ -51,14 +51,7 @@ def make_strategy(name: str = "auto"):
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device"
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0"), True, 1, 0
-    if name == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices), True, 1, 0
+    # Collective ops must be configured before anything initialises TF's devices.
     if name == "multi_worker":
         config = _tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -71,6 +64,14 @@ def make_strategy(name: str = "auto"):
             is_chief = task["type"] == "worker" and int(task["index"]) == 0
             index = int(task["index"])
         return strategy, is_chief, workers, index
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0"), True, 1, 0
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices), True, 1, 0
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)

@@ -234,6 +234,10 @@ def _train(config: TrainConfig) -> dict:
     if source.skipped:
         logging.warning("Skipped %d unreadable images in all.", len(source.skipped))
     num_classes = len(source.class_names)
+    if config.verbose and is_chief:
+        print(f"Data: {config.dataset}, {num_classes} classes, {source.num_train} train and "
+              f"{source.num_val} val images" + (f", {len(source.skipped)} unreadable files skipped"
+                                               if source.skipped else "") + ".")
 
     info = _run_info(config, source, num_classes)
     info_path = os.path.join(config.model_dir, rundir.RUN_INFO)
@@ -413,9 +417,13 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
-        # The gradients are of the (possibly loss-scaled) loss: scale the decay term alike;
+        # Replicas' gradients are summed: each adds its share of the decay term. The
+        # gradients are of the (possibly loss-scaled) loss: the decay is scaled alike, and
         # LossScaleOptimizer unscales and skips steps with non-finite gradients.
-        decay = weight_decay * tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaled else weight_decay
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        decay = weight_decay / replicas
+        if loss_scaled:
+            decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
         optimizer.apply_gradients(zip(paper_gradients(grads, variables, decay), variables))
         labels = tf.cast(labels, tf.int32)
         top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64))

@@ -1,0 +1,1 @@
+"""Benchmarks behind `python main.py benchmark`: training, input pipeline and inference speed."""

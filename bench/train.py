@@ -1,0 +1,101 @@
+"""Training-step throughput: the `train` command's real step beside the bare model, same run.
+
+The real step is `alexnet_tf.training.make_replica_step` (augmentation, the paper's
+L2, metrics) with the per-step host work of the loop (learning-rate assign, metric
+fetch). The bare step is forward, loss, backward and SGD momentum on a ready float
+batch with TF's builtin LRN — what a minimal script measures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from alexnet_tf import build_alexnet, forward_flops
+from alexnet_tf.training import make_replica_step
+from bench.common import median, time_calls
+from data_pipeline import preprocess
+
+
+def _bare_step(model, optimizer, x, y):
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+    return lambda: step().numpy()
+
+
+def _real_step(variant, num_classes, batch, lrn, jit):
+    from data_pipeline.augment import AugmentConfig
+    model = build_alexnet(variant, num_classes, seed=0, lrn_implementation=lrn)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    # PCA jitter on with a plausible RGB eigen-decomposition; the real run estimates its own.
+    aug = AugmentConfig.for_variant(variant, pca_std=0.1, pca_eigvals=(0.2175, 0.0188, 0.0045),
+                                    pca_eigvecs=((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140),
+                                                 (-0.5836, -0.6948, 0.4203)))
+    inner = tf.function(make_replica_step(model, optimizer, variant=variant, global_batch=batch,
+                                          weight_decay=5e-4, top_k=min(5, num_classes), augment=aug),
+                        jit_compile=jit)
+    counter = {"step": 0}
+
+    def run(images, labels):
+        optimizer.learning_rate.assign(0.01)
+        sums = inner(images, labels, tf.constant(counter["step"], tf.int64))
+        counter["step"] += 1
+        return sums.numpy()
+    return model, run
+
+
+def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | None = None,
+            lrn: str = "decomposed", jit: bool = False, source=None, peak_gflops: float | None = None) -> list:
+    """Images/second of the bare step and of the real train step, interleaved.
+
+    Args:
+        variant: model variant.
+        batch: batch size.
+        reps: timed steps per form (median reported).
+        num_classes: classes (default: the variant's).
+        lrn: LRN implementation of the real step.
+        jit: XLA for the real step.
+        source: a `DataSource` to also time the real step fed by its tf.data pipeline.
+        peak_gflops: the machine's matmul peak, for the share column.
+
+    Returns:
+        Benchmark records (dicts).
+    """
+    num_classes = num_classes or (10 if variant == "cifar" else 1000)
+    stored, crop = preprocess.geometry(variant)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (batch, stored, stored, 3), dtype=np.uint8))
+    labels = tf.constant(rng.integers(0, num_classes, (batch,)), tf.int32)
+    x = preprocess.center_crop(tf.cast(images, tf.float32), crop)
+
+    bare_model = build_alexnet(variant, num_classes, seed=0, lrn_implementation="builtin")
+    bare_opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    model, real = _real_step(variant, num_classes, batch, lrn, jit)
+    fns = {"bare": _bare_step(bare_model, bare_opt, x, labels), "train_step": lambda: real(images, labels)}
+    if source is not None:
+        it = iter(source.train_dataset(batch, epoch=0).repeat())
+        fns["train_step_data"] = lambda: real(*next(it))
+    times = time_calls(fns, reps, warmup=2)
+    train_flops = 3 * forward_flops(model)
+    records = []
+    bare_ips = batch / median(times["bare"])
+    for name, ts in times.items():
+        ips = batch / median(ts)
+        gflops = ips * train_flops / 1e9
+        records.append({
+            "what": "train", "variant": variant, "step": name, "batch": batch,
+            "lrn": "builtin" if name == "bare" else lrn, "jit": jit and name != "bare",
+            "data": "cifar10-jpg" if name == "train_step_data" else "synthetic",
+            "images_per_second": ips, "vs_bare": ips / bare_ips, "gflops": gflops,
+            "share_of_peak": gflops / peak_gflops if peak_gflops else None,
+            "median_ms": median(ts) * 1e3, "reps": reps,
+        })
+    return records
