@@ -159,6 +159,8 @@ def build_alexnet(variant: str = "paper", num_classes: int | None = None, *,
         x = layers.Dense(spec.fc_units, activation="relu", kernel_initializer=w_init,
                          bias_initializer=b_init, name=fc)(x)
     w_init, b_init = _initializers(init, "fc8", layer_seed(12))
+    if init == "he":  # a linear layer: He's ReLU gain would start the softmax far from uniform
+        w_init = keras.initializers.GlorotUniform(seed=layer_seed(12))
     # fc8 gives logits; softmax belongs to the loss and to the serving signature.
     logits = layers.Dense(num_classes, kernel_initializer=w_init, bias_initializer=b_init,
                           dtype="float32", name="fc8")(x)

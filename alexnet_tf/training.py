@@ -401,13 +401,19 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
     """
     if augment is not None:
         from data_pipeline.augment import augment_batch
+
+        # XLA fuses the per-image gathers and colour arithmetic: ~8x faster than the plain
+        # graph at the paper's 256->227 crops on a CPU. Inside an XLA train step it is inlined.
+        @tf.function(jit_compile=True)
+        def augment_fn(images, aug_seed):
+            return augment_batch(images, aug_seed, augment)
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, labels, step):
         replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
         stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + replica_id
         if augment is not None:
-            x = augment_batch(images, tf.stack([stream, tf.cast(step, tf.int64)]), augment)
+            x = augment_fn(images, tf.stack([stream, tf.cast(step, tf.int64)]))
         else:
             x = preprocess.eval_images(images, variant)
         with tf.GradientTape() as tape:
