@@ -36,7 +36,10 @@ def evaluate_dataset(model: keras.Model, dataset: tf.data.Dataset, variant: str,
         if tta == "none":
             return tf.nn.softmax(tf.cast(model(preprocess.eval_images(images, variant), training=False),
                                          tf.float32))
-        from data_pipeline.augment import ten_crop
+        from data_pipeline.augment import AugmentConfig, ten_crop
+        pad = AugmentConfig.for_variant(variant).pad  # cifar: corners of the padded 40x40, as trained
+        if pad:
+            images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         crops = ten_crop(images, crop)  # [B, 10, crop, crop, 3]
         b = tf.shape(crops)[0]
         flat = tf.reshape(tf.cast(crops, tf.float32), [-1, crop, crop, 3])

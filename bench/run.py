@@ -1,0 +1,100 @@
+"""`python main.py benchmark`: training, input and inference speed, measured side by side in one run.
+
+Prints a table per part and returns records (a list of dicts with at least `what`,
+`variant` and `images_per_second` or `latency_ms`) for `--output`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import tensorflow as tf
+import keras
+
+from bench import common
+
+VARIANTS = ("cifar", "owt", "paper")
+
+
+def environment(threads: dict) -> dict:
+    return {"what": "environment", "variant": None, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), "cores": os.cpu_count(), **threads,
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, reps: int = 5,
+        batch: int = 128, intra_threads: int = 0, output: str | None = None) -> list:
+    """Runs the benchmarks.
+
+    Args:
+        what: "train", "input", "inference" or "all".
+        variants: model variants to measure.
+        data_dir: a folder tree (DATA_DIR/{train,val}/<class>/*.jpg) for the data-fed
+            train step and the input pipeline; those parts are skipped without it.
+        reps: timed repetitions per figure (median reported).
+        batch: training / throughput batch size.
+        intra_threads: TF intra-op threads (0: TF's default, all cores).
+        output: JSON file for the records.
+
+    Returns:
+        The records.
+    """
+    if what not in ("train", "input", "inference", "all"):
+        raise ValueError(f"`what` must be train, input, inference or all. Received: what={what!r}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown variants {unknown}; expected some of {VARIANTS}.")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir={data_dir!r} is not a folder.")
+    threads = common.set_threads(intra_threads)
+    records = [environment(threads)]
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} cores, "
+          f"intra-op threads {threads['intra_op']}; medians of {reps} interleaved repetitions, warm-up excluded.")
+    peak = common.matmul_peak_gflops()
+    records.append({"what": "matmul_peak", "variant": None, "gflops": peak})
+    print(f"float32 matmul peak (2048^2): {peak:.1f} GFLOP/s\n")
+
+    if what in ("train", "all"):
+        from bench import train
+        sources = {}
+        if data_dir:
+            from data_pipeline.pipeline import load_data
+            sources = {v: load_data("folder", data_dir, v, seed=0, cache=(v == "cifar")) for v in variants}
+        part = []
+        for variant in variants:
+            part += train.measure(variant, batch=batch, reps=reps, source=sources.get(variant),
+                                  peak_gflops=peak)
+        print("Training step (images/s; vs_bare: the train command's step over the bare model)")
+        print(common.table(part, ["variant", "step", "lrn", "data", "images_per_second", "vs_bare",
+                                  "gflops", "share_of_peak"]) + "\n")
+        records += part
+
+    if what in ("input", "all"):
+        if not data_dir:
+            print("Input pipeline: skipped (needs --data_dir=a folder tree of JPEGs).\n")
+        else:
+            from bench import input_bench
+            print("Input pipeline")
+            part = input_bench.run_benchmarks(data_dir, repeats=reps)
+            consumed = {r["variant"]: r["images_per_second"] for r in records
+                        if r["what"] == "train" and r["step"] == "train_step"}
+            for r in part:
+                variant = "paper" if "paper" in r["name"] else "cifar"
+                r.update(what="input", variant=variant, images_per_second=r.pop("images_per_s"))
+                if variant in consumed:
+                    r["x_train_consumption"] = r["images_per_second"] / consumed[variant]
+            print(common.table(part, ["variant", "name", "images_per_second", "x_train_consumption"]) + "\n")
+            records += part
+
+    if what in ("inference", "all"):
+        from bench import inference_bench
+        part = []
+        for variant in variants:
+            part += inference_bench.measure(variant, reps=reps)
+        print("Inference")
+        print(common.table(part, ["variant", "form", "batch", "latency_ms", "images_per_second"]) + "\n")
+        records += part
+
+    common.emit(records, output)
+    return records
