@@ -95,6 +95,8 @@ flags.DEFINE_integer("shards", 16, "TFRecord shards per split.", lower_bound=1)
 # benchmark
 flags.DEFINE_enum("what", "all", ["train", "input", "inference", "all"], "What to benchmark.")
 flags.DEFINE_string("output", None, "JSON file for benchmark records.")
+flags.DEFINE_integer("reps", 5, "Timed repetitions per benchmark figure.", lower_bound=1)
+flags.DEFINE_integer("threads", 0, "TF intra-op threads for benchmarks (0: all cores).", lower_bound=0)
 
 
 def _no_args(argv):
@@ -180,6 +182,8 @@ def predict(argv):
     from export.predict import predict_files, print_predictions
     results, failures = predict_files(FLAGS.artifact, argv[2:], top_k=FLAGS.top_k)
     print_predictions(results, failures)
+    if not results and not failures:
+        print(f"Error: no files found in {' '.join(argv[2:])}", file=sys.stderr)
     if failures or not results:
         sys.exit(1)
 
@@ -201,7 +205,12 @@ def prepare(argv):
           f"{len(metadata['skipped'])} unreadable files skipped).")
 
 
-benchmark = _not_yet("benchmark")
+def benchmark(argv):
+    _no_args(argv)
+    from bench import run
+    variants = (FLAGS.model,) if FLAGS["model"].present else run.VARIANTS
+    run.run(FLAGS.what, variants, data_dir=FLAGS.data_dir, reps=FLAGS.reps, batch=FLAGS.batch_size,
+            intra_threads=FLAGS.threads, output=FLAGS.output)
 
 COMMANDS = {
     "train": train,
@@ -241,8 +250,8 @@ COMMAND_FLAGS = {
     "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
                "calibration_steps", "checkpoint", "model_name"),
     "predict": ("artifact", "top_k"),
-    "prepare": ("output_dir", "shards"),
-    "benchmark": ("what", "output", "batch_size"),
+    "prepare": ("output_dir", "shards", "strict"),
+    "benchmark": ("what", "output", "batch_size", "reps", "threads"),
 }
 EXAMPLES = {
     "train": "python main.py train --model=cifar --dataset=cifar10 --model_dir=runs/cifar10",
