@@ -63,7 +63,7 @@ flags.DEFINE_float("pca_std", 0.1, "Std of the paper's PCA colour jitter alphas 
 flags.DEFINE_boolean("augment", True, "Training augmentation (off: the evaluation centre crop).")
 flags.DEFINE_float("dropout", 0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower_bound=0.0,
                    upper_bound=0.95)
-flags.DEFINE_enum("lrn_impl", "decomposed", ["builtin", "banded", "decomposed"],
+flags.DEFINE_enum("lrn_impl", "decomposed", ["builtin", "decomposed"],
                   "How the LRN layers compute during training (same formula; see README).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
                      "--strategy=mirrored without GPUs.", lower_bound=0)
@@ -122,12 +122,6 @@ def train(argv):
         pca_std=FLAGS.pca_std, augment=FLAGS.augment, dropout=FLAGS.dropout,
         lrn_implementation=FLAGS.lrn_impl, cpu_devices=FLAGS.cpu_devices)
     training.train(config)
-
-
-def _not_yet(name):
-    def command(argv):
-        raise app.UsageError(f"`{name}` is not implemented yet.")
-    return command
 
 
 def evaluate(argv):
@@ -212,6 +206,7 @@ def benchmark(argv):
     run.run(FLAGS.what, variants, data_dir=FLAGS.data_dir, reps=FLAGS.reps, batch=FLAGS.batch_size,
             intra_threads=FLAGS.threads, output=FLAGS.output)
 
+
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
@@ -233,7 +228,7 @@ def main(argv):
     try:
         command(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
-            PermissionError) as e:
+            PermissionError, FloatingPointError) as e:
         # User-facing errors from the library: one line, no traceback.
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

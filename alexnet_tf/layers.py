@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-IMPLEMENTATIONS = ("builtin", "banded", "decomposed")
+IMPLEMENTATIONS = ("builtin", "decomposed")
 
 
 def _check_positive(name: str, value) -> float:
@@ -56,16 +56,15 @@ class LocalResponseNormalization(keras.layers.Layer):
         alpha: scale of the sum of squares. Default 1e-4.
         beta: exponent. Default 0.75.
         implementation: "builtin" uses `tf.nn.local_response_normalization`
-            (becomes TFLite's LOCAL_RESPONSE_NORMALIZATION op); "banded" sums
-            the window with a fixed banded [C, C] matmul over channels, which
-            has a cheaper gradient on CPU; "decomposed" is the form for
+            (becomes TFLite's LOCAL_RESPONSE_NORMALIZATION op); "decomposed"
+            has a cheaper gradient than TF's LRNGrad and is the form for
             TFLite integer models and delegates: the square is a multiply,
             the window sum `k + alpha * sum` a fixed 1x1 convolution over
             channels (kernel alpha * band, bias k) and the power
             exp(-beta * log(.)) (see `_inverse_power`). TFLite's builtin
             LRN kernel is float32-only and neither XNNPACK nor the GPU
             delegate runs it; the decomposed ops quantize to int8 and
-            delegate. All three compute the same formula.
+            delegate. Both compute the same formula.
     """
 
     def __init__(self, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
@@ -100,14 +99,11 @@ class LocalResponseNormalization(keras.layers.Layer):
         if self.implementation == "builtin":
             y = tf.nn.local_response_normalization(
                 x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha, beta=self.beta)
-        elif self.implementation == "decomposed":
+        else:
             # [1, 1, C, C] kernel: output channel c sums alpha * a[j]^2 over the window.
             kernel = tf.constant((self.alpha * self._band)[None, None])
             d = tf.nn.conv2d(x * x, kernel, strides=1, padding="VALID") + self.k
             y = x * _inverse_power(d, self.beta)
-        else:
-            window = tf.tensordot(tf.square(x), tf.constant(self._band), axes=[[3], [0]])
-            y = x * tf.pow(self.k + self.alpha * window, -self.beta)
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -330,10 +330,8 @@ def _train(config: TrainConfig) -> dict:
             loss_sum, hits, _, n = epoch_sums.numpy()
             batch_loss = float(sums[0].numpy()) / max(1.0, float(sums[3].numpy()))
             if not math.isfinite(batch_loss):
-                raise FloatingPointError(
-                    f"The training loss became {batch_loss} at step {step} (epoch {epoch + 1}); "
-                    f"stopped. The last good checkpoint is kept: {manager.latest_checkpoint or 'none yet'}. "
-                    "Lower --learning_rate, or use --precision=float32.")
+                _diverged(f"The training loss became {batch_loss} at step {step} (epoch {epoch + 1})",
+                          manager)
             global_step.assign_add(1)
             step_in_epoch.assign_add(1)
             images_seen += config.batch_size
@@ -341,17 +339,21 @@ def _train(config: TrainConfig) -> dict:
                             [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
             if (config.checkpoint_every_steps and int(global_step.numpy()) % config.checkpoint_every_steps == 0
                     and int(step_in_epoch.numpy()) < steps_per_epoch):
-                manager.save(checkpoint_number=int(global_step.numpy()))
+                _save_if_finite(manager, model, int(global_step.numpy()))
         train_seconds += time.time() - epoch_start
+        if not _all_finite(model):
+            _diverged(f"A weight became NaN or infinite in epoch {epoch + 1}", manager)
 
+        eval_start = time.time()
         val = evaluate_dataset(model, val_ds, config.model, num_classes)
-        loss_sum, hits, k_hits, n = epoch_sums.numpy()
+        loss_sum, hits, k_hits, n = (float(v) for v in epoch_sums.numpy())
         record = {
             "epoch": epoch + 1, "lr": schedule(int(global_step.numpy()) - 1),
             "loss": loss_sum / n, "top1": hits / n, "top5": k_hits / n if num_classes > 5 else None,
             "val_loss": val["loss"], "val_top1": val["top1"],
             "val_top5": val["top5"] if num_classes > 5 else None,
-            "seconds": time.time() - epoch_start, "wall_seconds": time.time() - start_time,
+            "seconds": time.time() - epoch_start, "eval_seconds": time.time() - eval_start,
+            "wall_seconds": time.time() - start_time,
         }
         improved = val["top1"] > float(schedule.best_val.numpy())
         dropped = schedule.end_of_epoch(val["top1"])
@@ -438,6 +440,23 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
         return tf.stack([tf.cast(tf.reduce_sum(per_example), tf.float64), top1, topk, n])
 
     return replica_step
+
+
+def _all_finite(model: keras.Model) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables)
+
+
+def _diverged(what: str, manager) -> None:
+    raise FloatingPointError(
+        f"{what}; stopped. The last good checkpoint is kept: {manager.latest_checkpoint or 'none yet'}. "
+        "Lower --learning_rate, or use --precision=float32.")
+
+
+def _save_if_finite(manager, model: keras.Model, step: int) -> None:
+    """Checkpoints, unless the last update left a weight NaN or infinite."""
+    if not _all_finite(model):
+        _diverged(f"A weight became NaN or infinite at step {step}", manager)
+    manager.save(checkpoint_number=step)
 
 
 def _epoch_dataset(strategy, source, global_batch: int, epoch: int, skip: int, steps: int,

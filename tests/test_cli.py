@@ -2,18 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+from helpers import run_main
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,3 +56,48 @@ def test_model_dir_that_is_a_file(tmp_path):
     assert result.returncode == 1
     assert "is a file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_writes_metrics(tmp_path):
+    model_dir = os.path.join(tmp_path, "run")
+    trained = run_main("train", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=96",
+                       "--batch_size=32", "--epochs=1", f"--model_dir={model_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_main("evaluate", f"--model_dir={model_dir}", "--tta=10crop")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "eval.json")) as f:
+        metrics = json.load(f)
+    assert metrics["tta"] == "10crop" and metrics["count"] > 0
+    assert len(metrics["per_class"]) == 3 and len(metrics["confusion"]) == 3
+    assert sum(map(sum, metrics["confusion"])) == metrics["count"]
+    assert os.path.isfile(os.path.join(model_dir, "confusion.png"))
+    assert f"top1 {metrics['top1']:.4f}" in result.stdout
+
+
+def test_evaluate_without_a_run(tmp_path):
+    result = run_main("evaluate", f"--model_dir={tmp_path}")
+    assert result.returncode == 1
+    assert "holds no training run" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains(tmp_path, precision):
+    model_dir = os.path.join(tmp_path, "run")
+    result = run_main("train", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=64",
+                      "--batch_size=16", "--epochs=1", "--steps_per_epoch=3", f"--precision={precision}",
+                      f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["history"][0]["loss"] > 0 and summary["flags"]["precision"] == precision
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model_dir = os.path.join(tmp_path, "run")
+    result = run_main("train", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=640",
+                      "--batch_size=16", "--epochs=2", "--checkpoint_every_steps=1", "--learning_rate=1e9",
+                      f"--model_dir={model_dir}")
+    assert result.returncode == 1
+    assert "The training loss became" in result.stderr and "Traceback" not in result.stderr
+    ckpts = os.listdir(os.path.join(model_dir, "ckpt"))
+    assert any(name.endswith(".index") for name in ckpts)

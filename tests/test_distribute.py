@@ -4,13 +4,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
-import h5py
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import cli_env, main_command, read_weights as weights
 # No augmentation and no dropout: every topology then computes the same mean gradient.
 FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=256",
          "--batch_size=16", "--epochs=1", "--steps_per_epoch=2", "--seed=3", "--learning_rate=0.02",
@@ -18,18 +16,11 @@ FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--
 
 
 def run(model_dir, *extra, env_extra=None, wait=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *FLAGS, f"--model_dir={model_dir}", *extra]
+    env = cli_env(**(env_extra or {}))
+    cmd = main_command(*FLAGS, f"--model_dir={model_dir}", *extra)
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-
-
-def weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +100,7 @@ def test_two_workers_on_localhost(tmp_path, single_device, initial):
 
 def test_multi_worker_without_tf_config(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *FLAGS, f"--model_dir={tmp_path}",
-                             "--strategy=multi_worker"], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(main_command(*FLAGS, f"--model_dir={tmp_path}", "--strategy=multi_worker"),
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1
     assert "TF_CONFIG" in result.stderr and "Traceback" not in result.stderr

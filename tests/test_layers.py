@@ -48,10 +48,10 @@ def test_edge_channels_and_other_constants(implementation):
 
 
 def test_config_round_trip():
-    layer = LocalResponseNormalization(size=3, k=1.5, alpha=2e-4, beta=0.6, implementation="banded", name="lrnx")
+    layer = LocalResponseNormalization(size=3, k=1.5, alpha=2e-4, beta=0.6, implementation="decomposed", name="lrnx")
     clone = LocalResponseNormalization.from_config(layer.get_config())
     assert (clone.size, clone.k, clone.alpha, clone.beta, clone.implementation, clone.name) == \
-        (3, 1.5, 2e-4, 0.6, "banded", "lrnx")
+        (3, 1.5, 2e-4, 0.6, "decomposed", "lrnx")
 
 
 def test_keras_file_reload_without_custom_objects(tmp_path):

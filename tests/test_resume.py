@@ -3,32 +3,18 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import h5py
 import numpy as np
-import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import cli_env as env, main_command, read_weights
 FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=640",
          "--batch_size=16", "--epochs=2", "--deterministic", "--checkpoint_every_steps=5", "--seed=7",
          "--learning_rate=0.01", "--noise_std=2"]
 
 
 def command(model_dir):
-    return [sys.executable, os.path.join(ROOT, "main.py"), *FLAGS, f"--model_dir={model_dir}"]
-
-
-def env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-
-
-def read_weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None)
-    return out
+    return main_command(*FLAGS, f"--model_dir={model_dir}")
 
 
 def checkpoint_steps(model_dir):
