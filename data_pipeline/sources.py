@@ -59,6 +59,21 @@ def _list_images(class_dir: str) -> tuple[list[str], int]:
     return sorted(images), ignored
 
 
+def require_folder(data_dir: str | None, needs: str, name: str) -> str:
+    """Returns `data_dir`, or raises a clear error when it is unset or not a folder.
+
+    Args:
+        needs: what the dataset expects in --data_dir (the message when it is unset).
+        name: what the folder is called in the message when it is missing.
+    """
+    if not data_dir:
+        raise ValueError(f"{needs}. Received: data_dir={data_dir!r}")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"The {name} does not exist or is not a folder. "
+                                f"Received: data_dir={data_dir!r}")
+    return data_dir
+
+
 def scan_folder_tree(data_dir: str | None) -> tuple[
         list[str], dict[str, tuple[list[str], np.ndarray]]]:
     """Lists DATA_DIR/{train,val}/<class>/<image> and checks the layout.
@@ -77,12 +92,8 @@ def scan_folder_tree(data_dir: str | None) -> tuple[
             that differ from train's.
         FileNotFoundError: data_dir or one of its split folders does not exist.
     """
-    if not data_dir:
-        raise ValueError("This dataset needs --data_dir: a folder with train/<class>/* and "
-                         f"val/<class>/* images. Received: data_dir={data_dir!r}")
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"The data folder does not exist or is not a folder. "
-                                f"Received: data_dir={data_dir!r}")
+    require_folder(data_dir, "This dataset needs --data_dir: a folder with train/<class>/* and "
+                   "val/<class>/* images", "data folder")
     classes = {}
     for split in SPLITS:
         split_dir = os.path.join(data_dir, split)

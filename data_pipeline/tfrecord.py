@@ -259,12 +259,8 @@ def read_metadata(data_dir: str | None) -> dict:
         ValueError: no data_dir.
         FileNotFoundError: data_dir, dataset.json or a shard is missing.
     """
-    if not data_dir:
-        raise ValueError("--dataset=tfrecord needs --data_dir: the --output_dir of "
-                         f"`python main.py prepare`. Received: data_dir={data_dir!r}")
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"The TFRecord folder does not exist. "
-                                f"Received: data_dir={data_dir!r}")
+    sources.require_folder(data_dir, "--dataset=tfrecord needs --data_dir: the --output_dir of "
+                           "`python main.py prepare`", "TFRecord folder")
     path = os.path.join(data_dir, METADATA)
     if not os.path.isfile(path):
         if os.path.exists(os.path.join(data_dir, PLAN)):
