@@ -45,8 +45,9 @@ flags.DEFINE_float("weight_decay", 5e-4, "Paper weight decay inside the momentum
 flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step", "cosine"],
                   "plateau: divide by 10 when val error stops improving (paper, at most 3 times).")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up (step and cosine).", lower_bound=0.0)
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Compute precision.")
+flags.DEFINE_enum("precision", "float32", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                  "Compute precision; auto: bfloat16 on CPUs with bfloat16 units and on GPUs of "
+                  "compute capability 8.0+, float16 on 7.x, else float32.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "XLA for the train step; auto: on for GPUs, off on CPUs (measured slower there).")
 flags.DEFINE_boolean("deterministic", False, "Op determinism: bit-identical reruns.")
@@ -228,7 +229,7 @@ def main(argv):
     try:
         command(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
-            PermissionError, FloatingPointError) as e:
+            PermissionError, FloatingPointError, ConnectionError) as e:
         # User-facing errors from the library: one line, no traceback.
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

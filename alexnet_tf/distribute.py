@@ -8,6 +8,7 @@ import os
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def split_cpu(n: int) -> None:
@@ -18,6 +19,47 @@ def split_cpu(n: int) -> None:
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16 flags).
+
+    Without these, oneDNN emulates bfloat16 and mixed precision is slower than float32.
+    """
+    try:
+        with open(cpuinfo) as f:
+            words = set(f.read().split())
+    except OSError:  # not Linux, or no procfs: do not guess
+        return False
+    return bool(words & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
+    """Turns `--precision` into a Keras dtype policy name, with the reason for "auto".
+
+    "auto" picks what is faster on the first accelerator without changing what is
+    learned: bfloat16 on GPUs of compute capability 8.0+ and on CPUs with bfloat16
+    units (no loss scaling needed), float16 with loss scaling on GPUs of capability
+    7.x, float32 elsewhere.
+
+    Returns:
+        (policy name, reason).
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={name!r}")
+    if name != "auto":
+        return name, "asked for"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        if capability and tuple(capability) >= (8, 0):
+            return "mixed_bfloat16", f"auto: GPU of compute capability {capability[0]}.{capability[1]}"
+        if capability and tuple(capability) >= (7, 0):
+            return "mixed_float16", f"auto: GPU of compute capability {capability[0]}.{capability[1]}"
+        return "float32", "auto: GPU without fast half-precision units"
+    if cpu_has_bfloat16(cpuinfo):
+        return "mixed_bfloat16", "auto: the CPU has bfloat16 units (AMX/AVX512-BF16)"
+    return "float32", "auto: the CPU has no bfloat16 units"
 
 
 def _tf_config() -> dict:

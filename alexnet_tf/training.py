@@ -22,7 +22,7 @@ import keras
 from absl import logging
 
 from alexnet_tf import rundir
-from alexnet_tf.distribute import make_strategy, split_cpu
+from alexnet_tf.distribute import make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
 from data_pipeline import preprocess
@@ -189,11 +189,33 @@ class _Progress:
             self.bar.update(step, values)
 
 
+class ClusterError(ConnectionError):
+    """Another worker of a multi-worker run stopped or cannot be reached."""
+
+
+# What a worker sees when a peer dies mid-step (collectives aborted by the health check).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError)
+
+
 def train(config: TrainConfig) -> dict:
-    """Trains (or resumes) a run in `config.model_dir`; see `_train`. Restores the global dtype policy."""
+    """Trains (or resumes) a run in `config.model_dir`; see `_train`. Restores the global dtype policy.
+
+    Raises:
+        ClusterError: in a multi-worker run, when another worker is lost.
+    """
     policy = keras.mixed_precision.global_policy()
     try:
         return _train(config)
+    except _PEER_ERRORS as e:
+        if config.strategy != "multi_worker":
+            raise
+        first_line = (e.message or type(e).__name__).strip().splitlines()[0][:300]
+        raise ClusterError(
+            f"Lost another worker of the cluster ({type(e).__name__}: {first_line}). Nothing is lost: "
+            f"restart every worker with the same flags and TF_CONFIG, and training resumes from "
+            f"the chief's last checkpoint in {os.path.join(config.model_dir, CKPT_SUBDIR)} "
+            "(use --checkpoint_every_steps to lose fewer steps).") from None
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
@@ -214,11 +236,12 @@ def _train(config: TrainConfig) -> dict:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.precision)
 
     if config.cpu_devices > 1:
         split_cpu(config.cpu_devices)
     strategy, is_chief, num_workers, worker_index = make_strategy(config.strategy)
+    precision, why = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy(precision)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
@@ -238,6 +261,7 @@ def _train(config: TrainConfig) -> dict:
         print(f"Data: {config.dataset}, {num_classes} classes, {source.num_train} train and "
               f"{source.num_val} val images" + (f", {len(source.skipped)} unreadable files skipped"
                                                if source.skipped else "") + ".")
+        print(f"Precision: {precision} ({why}); {replicas} replica(s) of {strategy.__class__.__name__}.")
 
     info = _run_info(config, source, num_classes)
     info_path = os.path.join(config.model_dir, rundir.RUN_INFO)
@@ -263,7 +287,7 @@ def _train(config: TrainConfig) -> dict:
                               lrn_implementation=config.lrn_implementation,
                               **info["model_kwargs"])
         optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
-        if config.precision == "mixed_float16":
+        if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         schedule = LearningRate(config, steps_per_epoch)
@@ -307,7 +331,9 @@ def _train(config: TrainConfig) -> dict:
     history = _read_history(csv_path)
     best_path = os.path.join(model_dir, rundir.WEIGHTS["best"])
     latest_path = os.path.join(model_dir, rundir.WEIGHTS["latest"])
-    start_time = time.time()
+    # A resumed run goes on counting from the wall time its last finished epoch recorded
+    # (the time between a crash and the resume is not counted).
+    start_time = time.time() - (history[-1]["wall_seconds"] if history else 0.0)
     train_seconds = 0.0
     images_seen = 0
     val_ds = source.val_dataset(config.batch_size)
@@ -375,6 +401,7 @@ def _train(config: TrainConfig) -> dict:
                   f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if dropped else ""))
 
     summary = _summary(config, history, train_seconds, images_seen, start_time, num_classes)
+    summary["precision"] = precision
     if is_chief:
         rundir.atomic_write_text(os.path.join(model_dir, SUMMARY), json.dumps(summary, indent=2))
         _plot_curves(history, os.path.join(model_dir, "curves.png"))
@@ -522,9 +549,21 @@ def _summary(config, history, train_seconds, images_seen, start_time, num_classe
         "epochs": len(history),
         "wall_seconds": time.time() - start_time,
         "images_per_second": images_seen / train_seconds if train_seconds else None,
+        "seconds_to_val_top1": seconds_to_accuracy(history),
         "history": history,
         "flags": dataclasses.asdict(config),
     }
+
+
+def seconds_to_accuracy(history: list, thresholds=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)) -> dict:
+    """Wall seconds from the start of the run to the end of the first epoch whose val top-1
+    reaches each threshold (thresholds never reached are left out)."""
+    out = {}
+    for t in thresholds:
+        reached = [r["wall_seconds"] for r in history if r["val_top1"] >= t]
+        if reached:
+            out[f"{t:g}"] = reached[0]
+    return out
 
 
 def _plot_curves(history: list, path: str) -> None:

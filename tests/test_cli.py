@@ -93,6 +93,7 @@ def test_mixed_precision_trains(tmp_path, precision):
     with open(os.path.join(model_dir, "summary.json")) as f:
         summary = json.load(f)
     assert summary["history"][0]["loss"] > 0 and summary["flags"]["precision"] == precision
+    assert summary["precision"] == precision and f"Precision: {precision}" in result.stdout
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

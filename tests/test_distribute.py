@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -77,25 +79,90 @@ def free_ports(n):
     return ports
 
 
-def test_two_workers_on_localhost(tmp_path, single_device, initial):
+def start_workers(model_dir, *extra):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    model_dir = str(tmp_path)
-    procs = [run(model_dir, "--strategy=multi_worker", wait=False,
-                 env_extra={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-             for i in range(2)]
+    return [run(model_dir, "--strategy=multi_worker", *extra, wait=False,
+                env_extra={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+            for i in range(2)]
+
+
+def finish(procs, timeout=600):
+    """Waits for the workers; returns [(returncode, stdout, stderr)]."""
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=600))
+            out, err = p.communicate(timeout=timeout)
+            outs.append((p.returncode, out, err))
         finally:
             p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_two_workers_on_localhost(tmp_path, single_device, initial):
+    model_dir = str(tmp_path)
+    for code, _, err in finish(start_workers(model_dir)):
+        assert code == 0, err[-3000:]
     chief = weights(os.path.join(model_dir, "latest.weights.h5"))
     other = weights(os.path.join(model_dir, ".worker-1", "latest.weights.h5"))
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     assert_same_updates(chief, single_device, initial)
+
+
+def test_killed_worker_stops_the_cluster_and_a_restart_resumes(tmp_path):
+    """SIGKILL one worker mid-run: the chief stops with a clear message, its checkpoints
+    intact; restarting both workers resumes and ends where an uninterrupted run ends."""
+    extra = ("--epochs=2", "--steps_per_epoch=6", "--checkpoint_every_steps=2")
+    reference = os.path.join(tmp_path, "reference")
+    for code, _, err in finish(start_workers(reference, *extra)):
+        assert code == 0, err[-3000:]
+
+    model_dir = os.path.join(tmp_path, "run")
+    procs = start_workers(model_dir, *extra)
+    ckpt = os.path.join(model_dir, "ckpt")
+    deadline = time.time() + 600
+    while time.time() < deadline and not (os.path.isdir(ckpt) and any(n.endswith(".index") for n in os.listdir(ckpt))):
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    code, out, err = finish(procs[:1], timeout=300)[0]
+    procs[1].wait()
+    saved = sorted(n for n in os.listdir(ckpt) if n.endswith(".index"))
+    assert code == 1, err[-3000:]
+    assert "Lost another worker" in err and "Traceback" not in err, err[-3000:]
+    assert saved and "ckpt-12.index" not in saved, f"the kill came too late to be mid-run: {saved}"
+
+    outs = finish(start_workers(model_dir, *extra))
+    for code, _, err in outs:
+        assert code == 0, err[-3000:]
+    assert "Resuming from" in outs[0][1]
+    want = weights(os.path.join(reference, "latest.weights.h5"))
+    for path in ("latest.weights.h5", os.path.join(".worker-1", "latest.weights.h5")):
+        got = weights(os.path.join(model_dir, path))
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {extra} rdtscp\n"
+
+
+@pytest.mark.parametrize("extra, want", [
+    ("amx_bf16 amx_tile", "mixed_bfloat16"),
+    ("avx512_bf16", "mixed_bfloat16"),
+    ("avx512_vnni amx_int8", "float32"),  # int8 units only: bfloat16 would be emulated
+    ("", "float32"),
+])
+def test_auto_precision_follows_the_cpu_flags(tmp_path, extra, want):
+    from alexnet_tf.distribute import resolve_precision
+    cpuinfo = os.path.join(tmp_path, "cpuinfo")
+    with open(cpuinfo, "w") as f:
+        f.write(CPUINFO.format(extra=extra))
+    # The suite hides GPUs (conftest), so the CPU decides.
+    assert resolve_precision("auto", cpuinfo)[0] == want
+    assert resolve_precision("float32", cpuinfo)[0] == "float32"
+    assert resolve_precision("auto", os.path.join(tmp_path, "missing"))[0] == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float8", cpuinfo)
 
 
 def test_multi_worker_without_tf_config(tmp_path):
