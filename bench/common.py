@@ -42,7 +42,7 @@ def median(xs):
     return statistics.median(xs)
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+def matmul_peak_gflops(n: int = 4096, reps: int = 5) -> float:
     """float32 GFLOP/s of an n x n matmul: the ceiling that conv/dense layers can reach here."""
     a = tf.random.normal((n, n), seed=1)
     b = tf.random.normal((n, n), seed=2)

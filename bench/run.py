@@ -12,6 +12,7 @@ import platform
 import tensorflow as tf
 import keras
 
+from alexnet_tf.distribute import resolve_precision
 from bench import common
 
 VARIANTS = ("cifar", "owt", "paper")
@@ -53,7 +54,7 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
           f"intra-op threads {threads['intra_op']}; medians of {reps} interleaved repetitions, warm-up excluded.")
     peak = common.matmul_peak_gflops()
     records.append({"what": "matmul_peak", "variant": None, "gflops": peak})
-    print(f"float32 matmul peak (2048^2): {peak:.1f} GFLOP/s\n")
+    print(f"float32 matmul peak (4096^2): {peak:.1f} GFLOP/s\n")
 
     if what in ("train", "all"):
         from bench import train
@@ -61,13 +62,25 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
         if data_dir:
             from data_pipeline.pipeline import load_data
             sources = {v: load_data("folder", data_dir, v, seed=0, cache=(v == "cifar")) for v in variants}
+        # Also the precision `--precision=auto` picks here, when it is not float32.
+        auto, _ = resolve_precision("auto")
+        precisions = ("float32",) if auto == "float32" else ("float32", auto)
         part = []
         for variant in variants:
             part += train.measure(variant, batch=batch, reps=reps, source=sources.get(variant),
-                                  peak_gflops=peak)
+                                  peak_gflops=peak, precisions=precisions)
         print("Training step (images/s; vs_bare: the train command's step over the bare model)")
-        print(common.table(part, ["variant", "step", "lrn", "data", "images_per_second", "vs_bare",
-                                  "gflops", "share_of_peak"]) + "\n")
+        print(common.table(part, ["variant", "step", "precision", "lrn", "data", "images_per_second",
+                                  "vs_bare", "gflops", "share_of_peak"]))
+        for variant in variants:
+            ips = {r["step"]: r["images_per_second"] for r in part if r["variant"] == variant}
+            if "train_step_no_lrn" not in ips:  # a variant without LRN layers
+                continue
+            share = 1.0 - ips["train_step"] / ips["train_step_no_lrn"]
+            records.append({"what": "lrn_share", "variant": variant, "share_of_train_step": share})
+            print(f"{variant}: the LRN layers take {100 * share:.1f}% of the train step "
+                  "(1 - train_step / train_step_no_lrn)")
+        print()
         records += part
 
     if what in ("input", "all"):
@@ -77,8 +90,11 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
             from bench import input_bench
             print("Input pipeline")
             part = input_bench.run_benchmarks(data_dir, repeats=reps)
-            consumed = {r["variant"]: r["images_per_second"] for r in records
-                        if r["what"] == "train" and r["step"] == "train_step"}
+            # Against the fastest train step measured (the most the input has to keep up with).
+            consumed = {}
+            for r in records:
+                if r["what"] == "train" and r["step"] != "bare":
+                    consumed[r["variant"]] = max(consumed.get(r["variant"], 0.0), r["images_per_second"])
             for r in part:
                 variant = "paper" if "paper" in r["name"] else "cifar"
                 r.update(what="input", variant=variant, images_per_second=r.pop("images_per_s"))

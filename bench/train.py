@@ -13,6 +13,8 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import build_alexnet, forward_flops
+from alexnet_tf.model import VARIANTS
+from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.training import make_replica_step
 from bench.common import median, time_calls
 from data_pipeline import preprocess
@@ -30,9 +32,19 @@ def _bare_step(model, optimizer, x, y):
     return lambda: step().numpy()
 
 
-def _real_step(variant, num_classes, batch, lrn, jit):
+def _real_step(variant, num_classes, batch, lrn, jit, precision="float32"):
     from data_pipeline.augment import AugmentConfig
-    model = build_alexnet(variant, num_classes, seed=0, lrn_implementation=lrn)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_alexnet(variant, num_classes, seed=0,
+                              lrn_implementation="builtin" if lrn == "none" else lrn)
+        if lrn == "none":  # the same network with each LRN layer replaced by the identity
+            model = keras.models.clone_model(
+                model, clone_function=lambda layer: keras.layers.Identity(name=layer.name)
+                if isinstance(layer, LocalResponseNormalization) else layer.__class__.from_config(layer.get_config()))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
     # PCA jitter on with a plausible RGB eigen-decomposition; the real run estimates its own.
@@ -53,7 +65,8 @@ def _real_step(variant, num_classes, batch, lrn, jit):
 
 
 def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | None = None,
-            lrn: str = "decomposed", jit: bool = False, source=None, peak_gflops: float | None = None) -> list:
+            lrn: str = "decomposed", jit: bool = False, source=None, peak_gflops: float | None = None,
+            precisions=("float32",)) -> list:
     """Images/second of the bare step and of the real train step, interleaved.
 
     Args:
@@ -65,6 +78,8 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         jit: XLA for the real step.
         source: a `DataSource` to also time the real step fed by its tf.data pipeline.
         peak_gflops: the machine's matmul peak, for the share column.
+        precisions: the real step is timed in each of these dtype policies (the first
+            one also fed by `source`); the bare step is float32.
 
     Returns:
         Benchmark records (dicts).
@@ -78,11 +93,22 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
 
     bare_model = build_alexnet(variant, num_classes, seed=0, lrn_implementation="builtin")
     bare_opt = keras.optimizers.SGD(0.01, momentum=0.9)
-    model, real = _real_step(variant, num_classes, batch, lrn, jit)
-    fns = {"bare": _bare_step(bare_model, bare_opt, x, labels), "train_step": lambda: real(images, labels)}
-    if source is not None:
-        it = iter(source.train_dataset(batch, epoch=0).repeat())
-        fns["train_step_data"] = lambda: real(*next(it))
+    fns = {"bare": _bare_step(bare_model, bare_opt, x, labels)}
+    precision_of = {"bare": "float32"}
+    for i, precision in enumerate(precisions):
+        model, real = _real_step(variant, num_classes, batch, lrn, jit, precision)
+        suffix = "" if i == 0 else f"_{precision}"
+        fns["train_step" + suffix] = lambda real=real: real(images, labels)
+        precision_of["train_step" + suffix] = precision
+        if source is not None and i == 0:
+            it = iter(source.train_dataset(batch, epoch=0).repeat())
+            fns["train_step_data"] = lambda real=real: real(*next(it))
+            precision_of["train_step_data"] = precision
+    if VARIANTS[variant].use_lrn:
+        # The LRN layers' share of the step: the same step with identities in their place.
+        _, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precisions[0])
+        fns["train_step_no_lrn"] = lambda: no_lrn(images, labels)
+        precision_of["train_step_no_lrn"] = precisions[0]
     times = time_calls(fns, reps, warmup=2)
     train_flops = 3 * forward_flops(model)
     records = []
@@ -92,8 +118,10 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         gflops = ips * train_flops / 1e9
         records.append({
             "what": "train", "variant": variant, "step": name, "batch": batch,
-            "lrn": "builtin" if name == "bare" else lrn, "jit": jit and name != "bare",
+            "lrn": "builtin" if name == "bare" else "none" if name == "train_step_no_lrn" else lrn,
+            "jit": jit and name != "bare",
             "data": "cifar10-jpg" if name == "train_step_data" else "synthetic",
+            "precision": precision_of[name],
             "images_per_second": ips, "vs_bare": ips / bare_ips, "gflops": gflops,
             "share_of_peak": gflops / peak_gflops if peak_gflops else None,
             "median_ms": median(ts) * 1e3, "reps": reps,
