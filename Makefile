@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TRAIN_FLAGS ?= --model=cifar --dataset=cifar10 --model_dir=runs/cifar10 --epochs=14 \
-	--learning_rate=0.02 --lr_schedule=cosine --warmup_epochs=1
+TRAIN_FLAGS ?= --model=cifar --dataset=cifar10 --model_dir=runs/cifar10 --epochs=20 \
+	--learning_rate=0.04 --lr_schedule=cosine --warmup_epochs=2 --precision=auto
 
 .PHONY: setup train test test-slow clean
 
