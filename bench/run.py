@@ -74,12 +74,15 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
                                   "vs_bare", "gflops", "share_of_peak"]))
         for variant in variants:
             ips = {r["step"]: r["images_per_second"] for r in part if r["variant"] == variant}
-            if "train_step_no_lrn" not in ips:  # a variant without LRN layers
-                continue
-            share = 1.0 - ips["train_step"] / ips["train_step_no_lrn"]
-            records.append({"what": "lrn_share", "variant": variant, "share_of_train_step": share})
-            print(f"{variant}: the LRN layers take {100 * share:.1f}% of the train step "
-                  "(1 - train_step / train_step_no_lrn)")
+            for precision in precisions:
+                suffix = "" if precision == precisions[0] else f"_{precision}"
+                if "train_step_no_lrn" + suffix not in ips:  # a variant without LRN layers
+                    continue
+                share = 1.0 - ips["train_step" + suffix] / ips["train_step_no_lrn" + suffix]
+                records.append({"what": "lrn_share", "variant": variant, "precision": precision,
+                                "share_of_train_step": share})
+                print(f"{variant}, {precision}: the LRN layers take {100 * share:.1f}% of the train step "
+                      "(1 - train_step / train_step_no_lrn)")
         print()
         records += part
 
@@ -93,7 +96,7 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
             # Against the fastest train step measured (the most the input has to keep up with).
             consumed = {}
             for r in records:
-                if r["what"] == "train" and r["step"] != "bare":
+                if r["what"] == "train" and r["step"] != "bare" and "no_lrn" not in r["step"]:
                     consumed[r["variant"]] = max(consumed.get(r["variant"], 0.0), r["images_per_second"])
             for r in part:
                 variant = "paper" if "paper" in r["name"] else "cifar"

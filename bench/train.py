@@ -104,11 +104,11 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
             it = iter(source.train_dataset(batch, epoch=0).repeat())
             fns["train_step_data"] = lambda real=real: real(*next(it))
             precision_of["train_step_data"] = precision
-    if VARIANTS[variant].use_lrn:
-        # The LRN layers' share of the step: the same step with identities in their place.
-        _, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precisions[0])
-        fns["train_step_no_lrn"] = lambda: no_lrn(images, labels)
-        precision_of["train_step_no_lrn"] = precisions[0]
+        if VARIANTS[variant].use_lrn:
+            # The LRN layers' share of the step: the same step with identities in their place.
+            _, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precision)
+            fns["train_step_no_lrn" + suffix] = lambda no_lrn=no_lrn: no_lrn(images, labels)
+            precision_of["train_step_no_lrn" + suffix] = precision
     times = time_calls(fns, reps, warmup=2)
     train_flops = 3 * forward_flops(model)
     records = []
@@ -118,7 +118,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         gflops = ips * train_flops / 1e9
         records.append({
             "what": "train", "variant": variant, "step": name, "batch": batch,
-            "lrn": "builtin" if name == "bare" else "none" if name == "train_step_no_lrn" else lrn,
+            "lrn": "builtin" if name == "bare" else "none" if name.startswith("train_step_no_lrn") else lrn,
             "jit": jit and name != "bare",
             "data": "cifar10-jpg" if name == "train_step_data" else "synthetic",
             "precision": precision_of[name],

@@ -16,7 +16,7 @@ def test_no_lrn_step_is_the_same_network_without_lrn():
     assert without.count_params() == with_lrn.count_params()
     # Identity in place of LRN: the output of the layer before reaches the layer after.
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    probe = keras.Model(without.inputs, [without.get_layer("conv1").output, without.get_layer("lrn1").output])
+    probe = keras.Model(without.input, [without.get_layer("conv1").output, without.get_layer("lrn1").output])
     conv1, lrn1 = probe(x)
     np.testing.assert_array_equal(conv1.numpy(), lrn1.numpy())
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -29,9 +29,11 @@ def test_measure_reports_every_step_in_each_precision():
                             precisions=("float32", "mixed_bfloat16"))
     steps = {r["step"]: r for r in records}
     flops = forward_flops(build_alexnet("cifar", 3))
-    assert set(steps) == {"bare", "train_step", "train_step_mixed_bfloat16", "train_step_no_lrn"}
+    assert set(steps) == {"bare", "train_step", "train_step_no_lrn", "train_step_mixed_bfloat16",
+                          "train_step_no_lrn_mixed_bfloat16"}
     assert steps["train_step_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
-    assert steps["train_step_no_lrn"]["lrn"] == "none"
+    assert steps["train_step_no_lrn_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
+    assert steps["train_step_no_lrn"]["lrn"] == "none" and steps["train_step"]["lrn"] == "decomposed"
     for r in records:
         assert r["what"] == "train" and r["variant"] == "cifar" and r["images_per_second"] > 0
         # GFLOP/s: images/s times 3x the forward FLOPs (forward_flops is checked in test_model).
