@@ -70,18 +70,13 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
             part += train.measure(variant, batch=batch, reps=reps, source=sources.get(variant),
                                   peak_gflops=peak, precisions=precisions)
         print("Training step (images/s; vs_bare: the train command's step over the bare model)")
-        print(common.table(part, ["variant", "step", "precision", "lrn", "data", "images_per_second",
-                                  "vs_bare", "gflops", "share_of_peak"]))
-        for variant in variants:
-            ips = {r["step"]: r["images_per_second"] for r in part if r["variant"] == variant}
-            for precision in precisions:
-                suffix = "" if precision == precisions[0] else f"_{precision}"
-                if "train_step_no_lrn" + suffix not in ips:  # a variant without LRN layers
-                    continue
-                share = 1.0 - ips["train_step" + suffix] / ips["train_step_no_lrn" + suffix]
-                records.append({"what": "lrn_share", "variant": variant, "precision": precision,
-                                "share_of_train_step": share})
-                print(f"{variant}, {precision}: the LRN layers take {100 * share:.1f}% of the train step "
+        print(common.table([r for r in part if r["what"] == "train"],
+                           ["variant", "step", "precision", "lrn", "data", "images_per_second",
+                            "vs_bare", "gflops", "share_of_peak"]))
+        for r in part:
+            if r["what"] == "lrn_share":
+                print(f"{r['variant']}, {r['precision']}: the LRN layers take "
+                      f"{100 * r['share_of_train_step']:.1f}% of the train step "
                       "(1 - train_step / train_step_no_lrn)")
         print()
         records += part

@@ -82,7 +82,9 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
             one also fed by `source`); the bare step is float32.
 
     Returns:
-        Benchmark records (dicts).
+        Benchmark records (dicts): one `what="train"` record per timed step and, for
+        variants with LRN layers, one `what="lrn_share"` record per precision (the
+        LRN layers' share of the real step's time).
     """
     num_classes = num_classes or (10 if variant == "cifar" else 1000)
     stored, crop = preprocess.geometry(variant)
@@ -95,6 +97,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
     bare_opt = keras.optimizers.SGD(0.01, momentum=0.9)
     fns = {"bare": _bare_step(bare_model, bare_opt, x, labels)}
     precision_of = {"bare": "float32"}
+    lrn_pairs = []  # (precision, the real step, the same step without LRN)
     for i, precision in enumerate(precisions):
         model, real = _real_step(variant, num_classes, batch, lrn, jit, precision)
         suffix = "" if i == 0 else f"_{precision}"
@@ -109,6 +112,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
             _, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precision)
             fns["train_step_no_lrn" + suffix] = lambda no_lrn=no_lrn: no_lrn(images, labels)
             precision_of["train_step_no_lrn" + suffix] = precision
+            lrn_pairs.append((precision, "train_step" + suffix, "train_step_no_lrn" + suffix))
     times = time_calls(fns, reps, warmup=2)
     train_flops = 3 * forward_flops(model)
     records = []
@@ -126,4 +130,8 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
             "share_of_peak": gflops / peak_gflops if peak_gflops else None,
             "median_ms": median(ts) * 1e3, "reps": reps,
         })
+    for precision, with_lrn, without in lrn_pairs:
+        # 1 - (images/s with LRN) / (images/s without) = 1 - t_without / t_with.
+        records.append({"what": "lrn_share", "variant": variant, "precision": precision,
+                        "share_of_train_step": 1.0 - median(times[without]) / median(times[with_lrn])})
     return records

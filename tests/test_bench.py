@@ -27,14 +27,19 @@ def test_no_lrn_step_is_the_same_network_without_lrn():
 def test_measure_reports_every_step_in_each_precision():
     records = train.measure("cifar", batch=4, reps=1, num_classes=3,
                             precisions=("float32", "mixed_bfloat16"))
-    steps = {r["step"]: r for r in records}
+    steps = {r["step"]: r for r in records if r["what"] == "train"}
+    shares = {r["precision"]: r["share_of_train_step"] for r in records if r["what"] == "lrn_share"}
     flops = forward_flops(build_alexnet("cifar", 3))
     assert set(steps) == {"bare", "train_step", "train_step_no_lrn", "train_step_mixed_bfloat16",
                           "train_step_no_lrn_mixed_bfloat16"}
     assert steps["train_step_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
     assert steps["train_step_no_lrn_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
     assert steps["train_step_no_lrn"]["lrn"] == "none" and steps["train_step"]["lrn"] == "decomposed"
-    for r in records:
-        assert r["what"] == "train" and r["variant"] == "cifar" and r["images_per_second"] > 0
+    for precision, suffix in (("float32", ""), ("mixed_bfloat16", "_mixed_bfloat16")):
+        want = 1 - steps["train_step" + suffix]["images_per_second"] / steps["train_step_no_lrn" + suffix]["images_per_second"]
+        np.testing.assert_allclose(shares[precision], want, rtol=1e-9)
+    assert len(records) == len(steps) + len(shares)
+    for r in steps.values():
+        assert r["variant"] == "cifar" and r["images_per_second"] > 0
         # GFLOP/s: images/s times 3x the forward FLOPs (forward_flops is checked in test_model).
         np.testing.assert_allclose(r["gflops"], r["images_per_second"] * 3 * flops / 1e9, rtol=1e-9)
