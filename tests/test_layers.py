@@ -94,3 +94,33 @@ def test_float16_large_activations_do_not_overflow(implementation):
     assert got.dtype == np.float16
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got.astype(np.float64), lrn_reference(x, 5, 2.0, 1e-4, 0.75), rtol=2e-3)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_gradient_matches_finite_differences_of_the_formula(implementation):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-150, 300, size=(1, 2, 2, 7))
+    weights = rng.normal(size=x.shape)
+    layer = LocalResponseNormalization(size=5, implementation=implementation)
+    xt = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(layer(xt, training=True) * weights.astype(np.float32))
+    got = tape.gradient(loss, xt).numpy()
+
+    def reference_loss(a):
+        return float(np.sum(lrn_reference(a, 5, 2.0, 1e-4, 0.75) * weights))
+
+    want = np.zeros_like(x)
+    step = 1e-4
+    for i in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[i] += step
+        minus[i] -= step
+        want[i] = (reference_loss(plus) - reference_loss(minus)) / (2 * step)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # The cross-channel term matters here: the gradient is not that of x * constant.
+    d = 2.0 + 1e-4 * np.stack([np.sum(x[..., max(0, c - 2):c + 3] ** 2, -1) for c in range(7)], -1)
+    assert np.max(np.abs(want - weights * d ** -0.75)) > 1e-2
