@@ -42,6 +42,8 @@ flags.DEFINE_float("learning_rate", 0.01, "Initial learning rate (paper: 0.01)."
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (paper: 0.9).", lower_bound=0.0)
 flags.DEFINE_float("weight_decay", 5e-4, "Paper weight decay inside the momentum update.",
                    lower_bound=0.0)
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss (paper: 0).",
+                   lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step", "cosine"],
                   "plateau: divide by 10 when val error stops improving (paper, at most 3 times).")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up (step and cosine).", lower_bound=0.0)
@@ -115,7 +117,8 @@ def train(argv):
         seed=FLAGS.seed, num_classes=FLAGS.num_classes, synthetic_examples=FLAGS.synthetic_examples,
         init=FLAGS.init, groups=FLAGS.groups, cache=FLAGS.cache, strict=FLAGS.strict,
         learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay, lr_schedule=FLAGS.lr_schedule,
+        weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
+        lr_schedule=FLAGS.lr_schedule,
         warmup_epochs=FLAGS.warmup_epochs, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
@@ -238,7 +241,8 @@ def main(argv):
 SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
 COMMAND_FLAGS = {
     "train": ("epochs", "batch_size", "steps_per_epoch", "num_classes", "synthetic_examples", "init",
-              "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "lr_schedule",
+              "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "label_smoothing",
+              "lr_schedule",
               "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
               "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
               "augment", "dropout", "lrn_impl", "cpu_devices"),

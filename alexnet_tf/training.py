@@ -21,7 +21,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import rundir
+from alexnet_tf import conv_grad, rundir
 from alexnet_tf.distribute import make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
@@ -55,6 +55,7 @@ class TrainConfig:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
     lr_schedule: str = "plateau"
     plateau_patience: int = 2
     max_lr_drops: int = 3
@@ -286,6 +287,10 @@ def _train(config: TrainConfig) -> dict:
         model = build_alexnet(config.model, num_classes, seed=config.seed,
                               lrn_implementation=config.lrn_implementation,
                               **info["model_kwargs"])
+        if conv_grad.wanted(precision, strategy):
+            switched = conv_grad.use_matmul_filter_grad(model)
+            if switched and config.verbose and is_chief:
+                print(f"Kernel gradients of {', '.join(switched)} as bfloat16 matmuls (faster on CPUs).")
         optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -317,7 +322,7 @@ def _train(config: TrainConfig) -> dict:
     replica_step = make_replica_step(
         model, optimizer, variant=config.model, global_batch=config.batch_size,
         weight_decay=config.weight_decay, top_k=min(5, num_classes),
-        augment=aug_config if config.augment else None,
+        label_smoothing=config.label_smoothing, augment=aug_config if config.augment else None,
         seed=config.seed, seed_offset=worker_index * (replicas // num_workers))
     compiled_step = tf.function(replica_step, jit_compile=_jit(config), reduce_retracing=True)
 
@@ -409,7 +414,8 @@ def _train(config: TrainConfig) -> dict:
 
 
 def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
-                      weight_decay: float, top_k: int, augment=None, seed: int = 0,
+                      weight_decay: float, top_k: int, label_smoothing: float = 0.0,
+                      augment=None, seed: int = 0,
                       seed_offset: int = 0):
     """The per-replica train step: augmentation, forward, loss, the paper's SGD update, metrics.
 
@@ -420,6 +426,7 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
         global_batch: images per step over all replicas (the loss is their mean).
         weight_decay: the paper's decay, added to the kernels' gradients.
         top_k: k of the top-k accuracy.
+        label_smoothing: eps of the training loss's targets (1 - eps) * one_hot + eps / classes.
         augment: an `AugmentConfig`, or None for the deterministic centre crop.
         seed, seed_offset: augmentation draws use the stateless seed
             [seed * 1000003 + seed_offset + replica id, step].
@@ -447,7 +454,12 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
             x = preprocess.eval_images(images, variant)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            if label_smoothing:
+                targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
+                per_example = keras.losses.categorical_crossentropy(
+                    targets, logits, from_logits=True, label_smoothing=label_smoothing)
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables

@@ -79,3 +79,24 @@ def test_seconds_to_accuracy_takes_the_first_epoch_at_or_above_each_threshold():
     assert seconds_to_accuracy(history) == {"0.5": 100.0, "0.6": 200.0, "0.7": 200.0, "0.75": 200.0,
                                             "0.8": 400.0}
     assert seconds_to_accuracy([]) == {}
+
+
+def test_label_smoothing_loss_matches_the_formula():
+    """loss = -sum_c q_c log softmax(z)_c with q = (1 - eps) one_hot + eps / C."""
+    model = build_alexnet("cifar", 3, seed=0, dropout=0.0)
+    optimizer = keras.optimizers.SGD(learning_rate=0.0, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    step = tf.function(make_replica_step(model, optimizer, variant="cifar", global_batch=4,
+                                         weight_decay=0.0, top_k=3, label_smoothing=0.2))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 1], np.int32)
+    logits = model(tf.cast(images, tf.float32), training=True).numpy().astype(np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    q = 0.8 * np.eye(3)[labels] + 0.2 / 3
+    want = -(q * log_p).sum(-1)
+    sums = step(images, labels, tf.constant(0, tf.int64)).numpy()
+    np.testing.assert_allclose(sums[0], want.sum(), rtol=1e-5)
+    # Smoothing changes the loss: plain cross-entropy differs.
+    assert abs(want.sum() - (-log_p[np.arange(4), labels]).sum()) > 1e-3
