@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from alexnet_tf import build_alexnet, forward_flops
+from alexnet_tf import build_alexnet, conv_grad, forward_flops
 from alexnet_tf.model import VARIANTS
 from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.training import make_replica_step
@@ -32,7 +32,8 @@ def _bare_step(model, optimizer, x, y):
     return lambda: step().numpy()
 
 
-def _real_step(variant, num_classes, batch, lrn, jit, precision="float32"):
+def _real_step(variant, num_classes, batch, lrn, jit, precision="float32", filter_grad="auto"):
+    """The train command's step; `filter_grad` "auto" (as `train`), "matmul" or "tf"."""
     from data_pipeline.augment import AugmentConfig
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
@@ -45,6 +46,8 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32"):
                 if isinstance(layer, LocalResponseNormalization) else layer.__class__.from_config(layer.get_config()))
     finally:
         keras.mixed_precision.set_global_policy(policy)
+    if filter_grad == "matmul" or (filter_grad == "auto" and conv_grad.wanted(precision)):
+        conv_grad.use_matmul_filter_grad(model)  # as the train command does
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
     # PCA jitter on with a plausible RGB eigen-decomposition; the real run estimates its own.
@@ -62,6 +65,11 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32"):
         counter["step"] += 1
         return sums.numpy()
     return model, run
+
+
+def _filter_grad(model) -> str:
+    """"matmul" when `conv_grad.use_matmul_filter_grad` switched layers of the model, else "tf"."""
+    return "matmul" if any("convolution_op" in vars(layer) for layer in model.layers) else "tf"
 
 
 def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | None = None,
@@ -84,7 +92,9 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
     Returns:
         Benchmark records (dicts): one `what="train"` record per timed step and, for
         variants with LRN layers, one `what="lrn_share"` record per precision (the
-        LRN layers' share of the real step's time).
+        LRN layers' share of the real step's time); where the train command computes
+        kernel gradients as matmuls (`alexnet_tf.conv_grad`), the same step with TF's
+        kernel gradients and a `what="filter_grad_speedup"` record.
     """
     num_classes = num_classes or (10 if variant == "cifar" else 1000)
     stored, crop = preprocess.geometry(variant)
@@ -98,18 +108,29 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
     fns = {"bare": _bare_step(bare_model, bare_opt, x, labels)}
     precision_of = {"bare": "float32"}
     lrn_pairs = []  # (precision, the real step, the same step without LRN)
+    grad_pairs = []  # (precision, the real step, the same step with TF's kernel gradients)
+    filter_grad_of = {}
     for i, precision in enumerate(precisions):
         model, real = _real_step(variant, num_classes, batch, lrn, jit, precision)
         suffix = "" if i == 0 else f"_{precision}"
         fns["train_step" + suffix] = lambda real=real: real(images, labels)
         precision_of["train_step" + suffix] = precision
+        filter_grad_of["train_step" + suffix] = _filter_grad(model)
+        if conv_grad.wanted(precision) and any(map(conv_grad.eligible, model.layers)):
+            # The train command's matmul kernel gradients beside TF's own, same step otherwise.
+            _, native = _real_step(variant, num_classes, batch, lrn, jit, precision, filter_grad="tf")
+            fns["train_step_tf_filter_grad" + suffix] = lambda native=native: native(images, labels)
+            precision_of["train_step_tf_filter_grad" + suffix] = precision
+            grad_pairs.append((precision, "train_step" + suffix, "train_step_tf_filter_grad" + suffix))
         if source is not None and i == 0:
             it = iter(source.train_dataset(batch, epoch=0).repeat())
             fns["train_step_data"] = lambda real=real: real(*next(it))
             precision_of["train_step_data"] = precision
+            filter_grad_of["train_step_data"] = _filter_grad(model)
         if VARIANTS[variant].use_lrn:
             # The LRN layers' share of the step: the same step with identities in their place.
-            _, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precision)
+            no_lrn_model, no_lrn = _real_step(variant, num_classes, batch, "none", jit, precision)
+            filter_grad_of["train_step_no_lrn" + suffix] = _filter_grad(no_lrn_model)
             fns["train_step_no_lrn" + suffix] = lambda no_lrn=no_lrn: no_lrn(images, labels)
             precision_of["train_step_no_lrn" + suffix] = precision
             lrn_pairs.append((precision, "train_step" + suffix, "train_step_no_lrn" + suffix))
@@ -126,6 +147,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
             "jit": jit and name != "bare",
             "data": "cifar10-jpg" if name == "train_step_data" else "synthetic",
             "precision": precision_of[name],
+            "filter_grad": filter_grad_of.get(name, "tf"),  # bare: TF's
             "images_per_second": ips, "vs_bare": ips / bare_ips, "gflops": gflops,
             "share_of_peak": gflops / peak_gflops if peak_gflops else None,
             "median_ms": median(ts) * 1e3, "reps": reps,
@@ -134,4 +156,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         # 1 - (images/s with LRN) / (images/s without) = 1 - t_without / t_with.
         records.append({"what": "lrn_share", "variant": variant, "precision": precision,
                         "share_of_train_step": 1.0 - median(times[without]) / median(times[with_lrn])})
+    for precision, matmul, native in grad_pairs:
+        records.append({"what": "filter_grad_speedup", "variant": variant, "precision": precision,
+                        "speedup": median(times[native]) / median(times[matmul])})
     return records
