@@ -85,6 +85,11 @@ def use_matmul_filter_grad(model: keras.Model) -> list:
     return switched
 
 
+def switched_layers(model: keras.Model) -> list:
+    """The names of the layers `use_matmul_filter_grad` switched."""
+    return [layer.name for layer in model.layers if "convolution_op" in vars(layer)]
+
+
 def wanted(precision: str, strategy=None) -> bool:
     """True for bfloat16 training whose replicas are CPUs (no GPU, no TPU)."""
     if precision != "mixed_bfloat16" or tf.config.list_logical_devices("GPU"):

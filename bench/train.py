@@ -69,7 +69,7 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32", filte
 
 def _filter_grad(model) -> str:
     """"matmul" when `conv_grad.use_matmul_filter_grad` switched layers of the model, else "tf"."""
-    return "matmul" if any("convolution_op" in vars(layer) for layer in model.layers) else "tf"
+    return "matmul" if conv_grad.switched_layers(model) else "tf"
 
 
 def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | None = None,
@@ -116,7 +116,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         fns["train_step" + suffix] = lambda real=real: real(images, labels)
         precision_of["train_step" + suffix] = precision
         filter_grad_of["train_step" + suffix] = _filter_grad(model)
-        if conv_grad.wanted(precision) and any(map(conv_grad.eligible, model.layers)):
+        if filter_grad_of["train_step" + suffix] == "matmul":
             # The train command's matmul kernel gradients beside TF's own, same step otherwise.
             _, native = _real_step(variant, num_classes, batch, lrn, jit, precision, filter_grad="tf")
             fns["train_step_tf_filter_grad" + suffix] = lambda native=native: native(images, labels)

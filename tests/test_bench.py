@@ -59,8 +59,7 @@ def test_measure_reports_every_step_in_each_precision():
 
 
 def test_filter_grad_option_picks_the_kernel_gradient_form():
-    def switched(model):
-        return [layer.name for layer in model.layers if "convolution_op" in vars(layer)]
+    switched = conv_grad.switched_layers
     matmul, _ = train._real_step("cifar", 3, 4, "decomposed", False, "mixed_bfloat16", filter_grad="matmul")
     native, run = train._real_step("cifar", 3, 4, "decomposed", False, "mixed_bfloat16", filter_grad="tf")
     auto32, _ = train._real_step("cifar", 3, 4, "decomposed", False, "float32")

@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import build_alexnet
-from alexnet_tf.conv_grad import conv2d_matmul_filter_grad, use_matmul_filter_grad, wanted
+from alexnet_tf.conv_grad import conv2d_matmul_filter_grad, switched_layers, use_matmul_filter_grad, wanted
 
 
 def _grads(conv, x, kernel, weights):
@@ -99,3 +99,9 @@ def test_wanted_only_for_bfloat16_without_gpus():
     assert not wanted("float32")
     assert not wanted("mixed_float16")
     assert wanted("mixed_bfloat16") == (not tf.config.list_logical_devices("GPU"))
+
+
+def test_switched_layers_names_what_was_switched():
+    model = build_alexnet("cifar", 4, seed=1)
+    assert switched_layers(model) == []
+    assert use_matmul_filter_grad(model) == switched_layers(model) == ["conv3", "conv4", "conv5"]
