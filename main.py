@@ -44,6 +44,9 @@ flags.DEFINE_float("weight_decay", 5e-4, "Paper weight decay inside the momentum
                    lower_bound=0.0)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss (paper: 0).",
                    lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_float("ema_decay", 0.0, "Evaluate, save and export an exponential moving average of "
+                   "the weights with this decay per step, e.g. 0.998 (0: off, the paper's weights).",
+                   lower_bound=0.0, upper_bound=0.99999)
 flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step", "cosine"],
                   "plateau: divide by 10 when val error stops improving (paper, at most 3 times).")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up (step and cosine).", lower_bound=0.0)
@@ -118,6 +121,7 @@ def train(argv):
         init=FLAGS.init, groups=FLAGS.groups, cache=FLAGS.cache, strict=FLAGS.strict,
         learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
         weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
+        ema_decay=FLAGS.ema_decay,
         lr_schedule=FLAGS.lr_schedule,
         warmup_epochs=FLAGS.warmup_epochs, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic,
@@ -242,7 +246,7 @@ SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
 COMMAND_FLAGS = {
     "train": ("epochs", "batch_size", "steps_per_epoch", "num_classes", "synthetic_examples", "init",
               "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "label_smoothing",
-              "lr_schedule",
+              "ema_decay", "lr_schedule",
               "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
               "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
               "augment", "dropout", "lrn_impl", "cpu_devices"),

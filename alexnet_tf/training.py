@@ -22,6 +22,7 @@ import keras
 from absl import logging
 
 from alexnet_tf import conv_grad, rundir
+from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.distribute import make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
@@ -32,7 +33,7 @@ PCA_FILE = "pca.json"
 CSV_LOG = "log.csv"
 SUMMARY = "summary.json"
 # Options that must match for a run to resume from a checkpoint.
-RESUME_KEYS = ("variant", "num_classes", "model_kwargs")
+RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
     lr_schedule: str = "plateau"
     plateau_patience: int = 2
     max_lr_drops: int = 3
@@ -164,6 +166,8 @@ def _run_info(config: TrainConfig, source, num_classes: int) -> dict:
         "num_classes": num_classes,
         "class_names": list(source.class_names),
         "model_kwargs": model_kwargs,
+        # The checkpoint holds the averaged weights only when averaging is on.
+        "weight_average": config.ema_decay or None,
         "dataset": config.dataset,
         "data_dir": os.path.abspath(config.data_dir) if config.data_dir else None,
         "config": dataclasses.asdict(config),
@@ -295,6 +299,7 @@ def _train(config: TrainConfig) -> dict:
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
+        average = WeightAverage(model.trainable_variables, config.ema_decay) if config.ema_decay else None
         schedule = LearningRate(config, steps_per_epoch)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
@@ -307,7 +312,8 @@ def _train(config: TrainConfig) -> dict:
         rng_states=[v.value for v in model.non_trainable_variables],
         epoch=epoch_var, step_in_epoch=step_in_epoch, global_step=global_step,
         epoch_sums=epoch_sums, lr_scale=schedule.scale, best_val=schedule.best_val,
-        bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops)
+        bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops,
+        **({"weight_average": average.shadows} if average is not None else {}))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CKPT_SUBDIR),
                                          max_to_keep=config.keep_checkpoints)
     latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR))
@@ -329,6 +335,8 @@ def _train(config: TrainConfig) -> dict:
     @tf.function
     def train_step(images, labels, step):
         sums = strategy.run(compiled_step, args=(images, labels, step))
+        if average is not None:
+            average.update(step + 1)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
     csv_path = os.path.join(model_dir, CSV_LOG)
@@ -375,26 +383,29 @@ def _train(config: TrainConfig) -> dict:
         if not _all_finite(model):
             _diverged(f"A weight became NaN or infinite in epoch {epoch + 1}", manager)
 
-        eval_start = time.time()
-        val = evaluate_dataset(model, val_ds, config.model, num_classes)
+        # With --ema_decay the averaged weights are the ones evaluated, saved as
+        # best/latest weights and exported; the checkpoint holds both for resuming.
+        with swapped_in(average):
+            eval_start = time.time()
+            val = evaluate_dataset(model, val_ds, config.model, num_classes)
+            eval_seconds = time.time() - eval_start
+            improved = val["top1"] > float(schedule.best_val.numpy())
+            rundir.save_weights_atomic(model, latest_path)  # non-chief workers: in their own folder
+            if is_chief and improved:
+                rundir.save_weights_atomic(model, best_path)
         loss_sum, hits, k_hits, n = (float(v) for v in epoch_sums.numpy())
         record = {
             "epoch": epoch + 1, "lr": schedule(int(global_step.numpy()) - 1),
             "loss": loss_sum / n, "top1": hits / n, "top5": k_hits / n if num_classes > 5 else None,
             "val_loss": val["loss"], "val_top1": val["top1"],
             "val_top5": val["top5"] if num_classes > 5 else None,
-            "seconds": time.time() - epoch_start, "eval_seconds": time.time() - eval_start,
+            "seconds": time.time() - epoch_start, "eval_seconds": eval_seconds,
             "wall_seconds": time.time() - start_time,
         }
-        improved = val["top1"] > float(schedule.best_val.numpy())
         dropped = schedule.end_of_epoch(val["top1"])
         epoch_var.assign_add(1)
         step_in_epoch.assign(0)
         epoch_sums.assign(tf.zeros([4], tf.float64))
-        rundir.save_weights_atomic(model, latest_path)  # non-chief workers: in their own folder
-        if is_chief:
-            if improved:
-                rundir.save_weights_atomic(model, best_path)
         manager.save(checkpoint_number=int(global_step.numpy()))
         history.append(record)
         if is_chief:
