@@ -63,6 +63,17 @@ def test_mirrored_two_cpu_replicas(tmp_path, single_device, initial):
     assert_same_updates(weights(os.path.join(tmp_path, "latest.weights.h5")), single_device, initial)
 
 
+def test_mirrored_weight_average_matches_one_device(tmp_path, initial):
+    """--ema_decay under two mirrored replicas: the saved (averaged) weights match one device's."""
+    saved = {}
+    for strategy, extra in (("one_device", ()), ("mirrored", ("--cpu_devices=2",))):
+        model_dir = os.path.join(tmp_path, strategy)
+        result = run(model_dir, f"--strategy={strategy}", "--ema_decay=0.5", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        saved[strategy] = weights(os.path.join(model_dir, "latest.weights.h5"))
+    assert_same_updates(saved["mirrored"], saved["one_device"], initial)
+
+
 def test_batch_not_divisible_by_replicas(tmp_path):
     result = run(str(tmp_path), "--strategy=mirrored", "--cpu_devices=3")
     assert result.returncode == 1
