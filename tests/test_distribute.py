@@ -25,21 +25,23 @@ def run(model_dir, *extra, env_extra=None, wait=True):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
+def trained(model_dir, *extra):
+    """Train in `model_dir` (which must succeed) and return its latest weights."""
+    result = run(model_dir, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(os.path.join(model_dir, "latest.weights.h5"))
+
+
 @pytest.fixture(scope="module")
 def initial(tmp_path_factory):
     """The initial weights: the same run with a zero learning rate."""
-    model_dir = str(tmp_path_factory.mktemp("initial"))
-    result = run(model_dir, "--strategy=one_device", "--learning_rate=0")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return weights(os.path.join(model_dir, "latest.weights.h5"))
+    return trained(str(tmp_path_factory.mktemp("initial")), "--strategy=one_device",
+                   "--learning_rate=0")
 
 
 @pytest.fixture(scope="module")
 def single_device(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("single"))
-    result = run(model_dir, "--strategy=one_device")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return weights(os.path.join(model_dir, "latest.weights.h5"))
+    return trained(str(tmp_path_factory.mktemp("single")), "--strategy=one_device")
 
 
 def assert_same_updates(got, want, initial):
@@ -58,20 +60,16 @@ def assert_same_updates(got, want, initial):
 
 
 def test_mirrored_two_cpu_replicas(tmp_path, single_device, initial):
-    result = run(str(tmp_path), "--strategy=mirrored", "--cpu_devices=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_updates(weights(os.path.join(tmp_path, "latest.weights.h5")), single_device, initial)
+    got = trained(str(tmp_path), "--strategy=mirrored", "--cpu_devices=2")
+    assert_same_updates(got, single_device, initial)
 
 
 def test_mirrored_weight_average_matches_one_device(tmp_path, initial):
     """--ema_decay under two mirrored replicas: the saved (averaged) weights match one device's."""
-    saved = {}
-    for strategy, extra in (("one_device", ()), ("mirrored", ("--cpu_devices=2",))):
-        model_dir = os.path.join(tmp_path, strategy)
-        result = run(model_dir, f"--strategy={strategy}", "--ema_decay=0.5", *extra)
-        assert result.returncode == 0, result.stderr[-3000:]
-        saved[strategy] = weights(os.path.join(model_dir, "latest.weights.h5"))
-    assert_same_updates(saved["mirrored"], saved["one_device"], initial)
+    one = trained(os.path.join(tmp_path, "one"), "--strategy=one_device", "--ema_decay=0.5")
+    two = trained(os.path.join(tmp_path, "two"), "--strategy=mirrored", "--cpu_devices=2",
+                  "--ema_decay=0.5")
+    assert_same_updates(two, one, initial)
 
 
 def test_batch_not_divisible_by_replicas(tmp_path):
