@@ -123,10 +123,13 @@ class LearningRate:
         progress = min(1.0, (step - self.warmup_steps) / span)
         return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def improves(self, val_top1: float) -> bool:
+        """Whether `val_top1` beats every epoch recorded so far."""
+        return val_top1 > float(self.best_val.numpy())
+
     def end_of_epoch(self, val_top1: float) -> bool:
         """Records an epoch's val top-1; returns True when the plateau rule divided the rate."""
-        improved = val_top1 > float(self.best_val.numpy())
-        if improved:
+        if self.improves(val_top1):
             self.best_val.assign(val_top1)
             self.bad_epochs.assign(0)
             return False
@@ -389,9 +392,8 @@ def _train(config: TrainConfig) -> dict:
             eval_start = time.time()
             val = evaluate_dataset(model, val_ds, config.model, num_classes)
             eval_seconds = time.time() - eval_start
-            improved = val["top1"] > float(schedule.best_val.numpy())
             rundir.save_weights_atomic(model, latest_path)  # non-chief workers: in their own folder
-            if is_chief and improved:
+            if is_chief and schedule.improves(val["top1"]):
                 rundir.save_weights_atomic(model, best_path)
         loss_sum, hits, k_hits, n = (float(v) for v in epoch_sums.numpy())
         record = {
@@ -546,7 +548,10 @@ def _read_history(csv_path: str) -> list:
         return []
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+    history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+    for record in history:
+        record["epoch"] = int(record["epoch"])
+    return history
 
 
 def _log_epoch(csv_path: str, writer, record: dict, history: list) -> None:

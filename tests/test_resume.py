@@ -1,5 +1,6 @@
 """Crash safety: a run killed with SIGKILL and restarted ends bit-identical to an uninterrupted one."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -24,6 +25,12 @@ def checkpoint_steps(model_dir):
     return sorted(int(n.split("-")[1].split(".")[0]) for n in os.listdir(folder) if n.endswith(".index"))
 
 
+def logged_epochs(model_dir):
+    """log.csv without its timing columns, as text."""
+    with open(os.path.join(model_dir, "log.csv")) as f:
+        return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     reference = os.path.join(tmp_path, "reference")
     done = subprocess.run(command(reference), capture_output=True, text=True, env=env(), timeout=900)
@@ -33,14 +40,15 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc = subprocess.Popen(command(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and not [s for s in checkpoint_steps(crashed) if s >= 5]:
+        # Killed in the second epoch (40 steps each): the first epoch's log row must survive too.
+        while time.time() < deadline and not [s for s in checkpoint_steps(crashed) if s >= 45]:
             time.sleep(0.05)
         time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     steps = checkpoint_steps(crashed)
-    assert steps and max(steps) < 80, f"the kill came too late to be mid-run: {steps}"
+    assert steps and 40 < max(steps) < 80, f"the kill was not in the second epoch: {steps}"
 
     resumed = subprocess.run(command(crashed), capture_output=True, text=True, env=env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -50,6 +58,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert want.keys() == got.keys() and len(want) >= 16
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert logged_epochs(crashed) == logged_epochs(reference)
+    assert [row["epoch"] for row in logged_epochs(crashed)] == ["1", "2"]
 
 
 def test_refuses_to_resume_another_variant(tmp_path):
