@@ -50,6 +50,13 @@ def test_train_synthetic_loss_falls(tmp_path):
         assert summary[key] is not None
     for name in ("run.json", "best.weights.h5", "latest.weights.h5", "log.csv", "curves.png"):
         assert os.path.isfile(os.path.join(model_dir, name)), name
+    # The saved best and latest weights score what the epochs logged for them.
+    for checkpoint, expected in (("best", max(r["val_top1"] for r in summary["history"])),
+                                 ("latest", summary["history"][-1]["val_top1"])):
+        result = run_main("evaluate", f"--model_dir={model_dir}", f"--checkpoint={checkpoint}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(os.path.join(model_dir, "eval.json")) as f:
+            assert json.load(f)["top1"] == pytest.approx(expected, abs=1e-6), checkpoint
 
 
 def test_model_dir_that_is_a_file(tmp_path):
