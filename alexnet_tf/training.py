@@ -350,8 +350,6 @@ def _train(config: TrainConfig) -> dict:
     # A resumed run goes on counting from the wall time its last finished epoch recorded
     # (the time between a crash and the resume is not counted).
     start_time = time.time() - (history[-1]["wall_seconds"] if history else 0.0)
-    train_seconds = 0.0
-    images_seen = 0
     val_ds = source.val_dataset(config.batch_size)
 
     while int(epoch_var.numpy()) < config.epochs:
@@ -363,6 +361,7 @@ def _train(config: TrainConfig) -> dict:
                             steps_per_epoch - skip, replicas // num_workers)
         progress = _Progress(steps_per_epoch, bool(config.verbose) and is_chief)
         epoch_start = time.time()
+        epoch_images = 0
         for images, labels in ds:
             step = int(global_step.numpy())
             lr = schedule(step)
@@ -376,13 +375,13 @@ def _train(config: TrainConfig) -> dict:
                           manager)
             global_step.assign_add(1)
             step_in_epoch.assign_add(1)
-            images_seen += config.batch_size
+            epoch_images += config.batch_size
             progress.update(int(step_in_epoch.numpy()),
                             [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
             if (config.checkpoint_every_steps and int(global_step.numpy()) % config.checkpoint_every_steps == 0
                     and int(step_in_epoch.numpy()) < steps_per_epoch):
                 _save_if_finite(manager, model, int(global_step.numpy()))
-        train_seconds += time.time() - epoch_start
+        epoch_train_seconds = time.time() - epoch_start
         if not _all_finite(model):
             _diverged(f"A weight became NaN or infinite in epoch {epoch + 1}", manager)
 
@@ -402,6 +401,9 @@ def _train(config: TrainConfig) -> dict:
             "val_loss": val["loss"], "val_top1": val["top1"],
             "val_top5": val["top5"] if num_classes > 5 else None,
             "seconds": time.time() - epoch_start, "eval_seconds": eval_seconds,
+            # The training steps this process ran in the epoch and their time (an epoch resumed
+            # mid-way counts its resumed part): the throughput in summary.json sums these.
+            "train_images": epoch_images, "train_seconds": epoch_train_seconds,
             "wall_seconds": time.time() - start_time,
         }
         dropped = schedule.end_of_epoch(val["top1"])
@@ -418,7 +420,7 @@ def _train(config: TrainConfig) -> dict:
                   f"val_loss {record['val_loss']:.4f} val_top1 {record['val_top1']:.4f}{top5} "
                   f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if dropped else ""))
 
-    summary = _summary(config, history, train_seconds, images_seen, start_time, num_classes)
+    summary = _summary(config, history, start_time, num_classes)
     summary["precision"] = precision
     if is_chief:
         rundir.atomic_write_text(os.path.join(model_dir, SUMMARY), json.dumps(summary, indent=2))
@@ -550,7 +552,9 @@ def _read_history(csv_path: str) -> list:
         rows = list(csv.DictReader(f))
     history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
     for record in history:
-        record["epoch"] = int(record["epoch"])
+        for key in ("epoch", "train_images"):
+            if record.get(key) is not None:
+                record[key] = int(record[key])
     return history
 
 
@@ -567,8 +571,12 @@ def _log_epoch(csv_path: str, writer, record: dict, history: list) -> None:
     writer.flush()
 
 
-def _summary(config, history, train_seconds, images_seen, start_time, num_classes) -> dict:
+def _summary(config, history, start_time, num_classes) -> dict:
     val = [r["val_top1"] for r in history]
+    # Logs written before the per-epoch training counts existed leave those epochs out.
+    timed = [r for r in history if r.get("train_images") is not None and r.get("train_seconds")]
+    train_images = sum(int(r["train_images"]) for r in timed)
+    train_seconds = sum(r["train_seconds"] for r in timed)
     return {
         "best_val_top1": max(val) if val else None,
         "final_val_top1": val[-1] if val else None,
@@ -576,7 +584,9 @@ def _summary(config, history, train_seconds, images_seen, start_time, num_classe
         "final_val_loss": history[-1]["val_loss"] if history else None,
         "epochs": len(history),
         "wall_seconds": time.time() - start_time,
-        "images_per_second": images_seen / train_seconds if train_seconds else None,
+        "images_per_second": train_images / train_seconds if train_seconds else None,
+        "train_images": train_images,
+        "train_seconds": train_seconds,
         "seconds_to_val_top1": seconds_to_accuracy(history),
         "history": history,
         "flags": dataclasses.asdict(config),

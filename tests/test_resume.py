@@ -1,12 +1,15 @@
 """Crash safety: a run killed with SIGKILL and restarted ends bit-identical to an uninterrupted one."""
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from helpers import cli_env as env, main_command, read_weights
 FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=640",
@@ -25,10 +28,14 @@ def checkpoint_steps(model_dir):
     return sorted(int(n.split("-")[1].split(".")[0]) for n in os.listdir(folder) if n.endswith(".index"))
 
 
-def logged_epochs(model_dir):
-    """log.csv without its timing columns, as text."""
+def read_log(model_dir):
     with open(os.path.join(model_dir, "log.csv")) as f:
-        return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows):
+    """log.csv rows without the columns that depend on timing or on where the run was killed."""
+    return [{k: v for k, v in row.items() if "seconds" not in k and k != "train_images"} for row in rows]
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
@@ -58,8 +65,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert want.keys() == got.keys() and len(want) >= 16
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    assert logged_epochs(crashed) == logged_epochs(reference)
-    assert [row["epoch"] for row in logged_epochs(crashed)] == ["1", "2"]
+    log = read_log(crashed)
+    assert without_timing(log) == without_timing(read_log(reference))
+    assert [row["epoch"] for row in log] == ["1", "2"]
+
+    # The throughput counts the steps of both processes: epoch 1 whole (the killed process),
+    # epoch 2 from the step it resumed at; each over its own training seconds.
+    resumed_at = int(re.search(r"epoch 2, step (\d+) of 40", resumed.stdout).group(1))
+    assert [int(row["train_images"]) for row in log] == [40 * 16, (40 - resumed_at) * 16]
+    with open(os.path.join(crashed, "summary.json")) as f:
+        summary = json.load(f)
+    seconds = sum(float(row["train_seconds"]) for row in log)
+    assert summary["train_images"] == (80 - resumed_at) * 16
+    assert summary["images_per_second"] == pytest.approx((80 - resumed_at) * 16 / seconds, rel=1e-9)
 
 
 def test_refuses_to_resume_another_variant(tmp_path):
