@@ -361,7 +361,6 @@ def _train(config: TrainConfig) -> dict:
                             steps_per_epoch - skip, replicas // num_workers)
         progress = _Progress(steps_per_epoch, bool(config.verbose) and is_chief)
         epoch_start = time.time()
-        epoch_images = 0
         for images, labels in ds:
             step = int(global_step.numpy())
             lr = schedule(step)
@@ -375,13 +374,13 @@ def _train(config: TrainConfig) -> dict:
                           manager)
             global_step.assign_add(1)
             step_in_epoch.assign_add(1)
-            epoch_images += config.batch_size
             progress.update(int(step_in_epoch.numpy()),
                             [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
             if (config.checkpoint_every_steps and int(global_step.numpy()) % config.checkpoint_every_steps == 0
                     and int(step_in_epoch.numpy()) < steps_per_epoch):
                 _save_if_finite(manager, model, int(global_step.numpy()))
         epoch_train_seconds = time.time() - epoch_start
+        epoch_images = (int(step_in_epoch.numpy()) - skip) * config.batch_size
         if not _all_finite(model):
             _diverged(f"A weight became NaN or infinite in epoch {epoch + 1}", manager)
 
@@ -575,7 +574,7 @@ def _summary(config, history, start_time, num_classes) -> dict:
     val = [r["val_top1"] for r in history]
     # Logs written before the per-epoch training counts existed leave those epochs out.
     timed = [r for r in history if r.get("train_images") is not None and r.get("train_seconds")]
-    train_images = sum(int(r["train_images"]) for r in timed)
+    train_images = sum(r["train_images"] for r in timed)
     train_seconds = sum(r["train_seconds"] for r in timed)
     return {
         "best_val_top1": max(val) if val else None,
