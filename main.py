@@ -66,6 +66,8 @@ flags.DEFINE_float("noise_std", 0.0, "Std of additive Gaussian pixel noise (0-25
                    lower_bound=0.0)
 flags.DEFINE_float("pca_std", 0.1, "Std of the paper's PCA colour jitter alphas (0: off).",
                    lower_bound=0.0)
+flags.DEFINE_integer("cutout", 0, "Side of a square set to the image's mean colour at a random "
+                     "place in each training image (0: off; not in the paper).", lower_bound=0)
 flags.DEFINE_boolean("augment", True, "Training augmentation (off: the evaluation centre crop).")
 flags.DEFINE_float("dropout", 0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower_bound=0.0,
                    upper_bound=0.95)
@@ -127,7 +129,7 @@ def train(argv):
         jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         keep_checkpoints=FLAGS.keep_checkpoints, flip=FLAGS.flip, noise_std=FLAGS.noise_std,
-        pca_std=FLAGS.pca_std, augment=FLAGS.augment, dropout=FLAGS.dropout,
+        pca_std=FLAGS.pca_std, cutout=FLAGS.cutout, augment=FLAGS.augment, dropout=FLAGS.dropout,
         lrn_implementation=FLAGS.lrn_impl, cpu_devices=FLAGS.cpu_devices)
     training.train(config)
 
@@ -249,7 +251,7 @@ COMMAND_FLAGS = {
               "ema_decay", "lr_schedule",
               "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
               "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
-              "augment", "dropout", "lrn_impl", "cpu_devices"),
+              "cutout", "augment", "dropout", "lrn_impl", "cpu_devices"),
     "evaluate": ("tta", "split", "checkpoint", "batch_size"),
     "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
                "calibration_steps", "checkpoint", "model_name"),

@@ -71,6 +71,7 @@ class TrainConfig:
     flip: bool = True
     noise_std: float = 0.0
     pca_std: float = 0.1
+    cutout: int = 0
     lrn_implementation: str = "builtin"
     augment: bool = True
     dropout: float = 0.5
@@ -287,7 +288,7 @@ def _train(config: TrainConfig) -> dict:
     pca = _pca(config, source, model_dir if is_chief else config.model_dir) if config.pca_std else None
     aug_config = aug.AugmentConfig.for_variant(
         config.model, flip=config.flip, noise_std=config.noise_std, pca_std=config.pca_std,
-        pca_eigvals=None if pca is None else tuple(pca["eigvals"]),
+        cutout=config.cutout, pca_eigvals=None if pca is None else tuple(pca["eigvals"]),
         pca_eigvecs=None if pca is None else tuple(map(tuple, pca["eigvecs"])))
 
     with strategy.scope():

@@ -21,7 +21,7 @@ PCA_PIXEL_SCALE = 255.0
 SeedLike = Union[tf.Tensor, Sequence[int]]  # shape [2], e.g. [run_seed, global_step]
 
 # Sub-streams of `augment_batch`'s seed, one per transformation.
-_CROP, _FLIP, _VFLIP, _AFFINE, _PCA, _NOISE = range(1, 7)
+_CROP, _FLIP, _VFLIP, _AFFINE, _PCA, _NOISE, _CUTOUT = range(1, 8)
 
 
 def _as_seed(seed) -> tf.Tensor:
@@ -217,6 +217,40 @@ def gaussian_noise(images: tf.Tensor, seed: SeedLike, std: float) -> tf.Tensor:
     return images + std * _normal(tf.shape(images), _as_seed(seed))
 
 
+def cutout(images: tf.Tensor, seed: SeedLike, size: int) -> tf.Tensor:
+    """Cutout (DeVries & Taylor, 2017): in every image, a size x size square centred on its
+    own random pixel, clipped at the borders, takes the image's mean colour.
+
+    The image's own mean colour, rather than black, keeps the square inside the range of
+    its pixels and near what the model's per-channel input normalisation maps to zero,
+    without depending on the dataset's statistics.
+
+    Args:
+        images: [B, H, W, C].
+        seed: shape-[2] integer seed.
+        size: side of the square (0: no change).
+
+    Returns:
+        float32 [B, H, W, C].
+    """
+    images = tf.cast(_check_images(images), tf.float32)
+    if size <= 0:
+        return images
+    shape = tf.shape(images)
+    seed_y, seed_x = _split(_as_seed(seed))
+    centre_y = tf.random.stateless_uniform([shape[0]], seed_y, 0, shape[1], tf.int32)
+    centre_x = tf.random.stateless_uniform([shape[0]], seed_x, 0, shape[2], tf.int32)
+
+    def inside(length, centre):                                               # [B, length]
+        start = (centre - size // 2)[:, None]
+        steps = tf.range(length, dtype=tf.int32)[None, :]
+        return (steps >= start) & (steps < start + size)
+
+    square = inside(shape[1], centre_y)[:, :, None] & inside(shape[2], centre_x)[:, None, :]
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.where(square[..., None], mean, images)
+
+
 def pca_jitter(images: tf.Tensor, seed: SeedLike, eigvals, eigvecs, std: float = 0.1) -> tf.Tensor:
     """The paper's colour augmentation (§4.1): adds sum_i alpha_i * lambda_i * p_i to every
     pixel of an image, alpha_i ~ N(0, std^2) drawn per image.
@@ -261,6 +295,7 @@ class AugmentConfig:
         rotation: largest random rotation in degrees (0: off; not in the paper).
         scale: largest relative random zoom (0: off; not in the paper).
         noise_std: std of additive Gaussian noise in pixel levels (0: off).
+        cutout: side of the square of `cutout` (0: off; not in the paper).
         pca_std: std of the PCA colour alphas (paper: 0.1; 0: off). Needs the eigenpairs.
         pca_eigvals: [3] eigenvalues from `estimate_rgb_pca`.
         pca_eigvecs: [3][3] eigenvectors (columns) from `estimate_rgb_pca`.
@@ -272,6 +307,7 @@ class AugmentConfig:
     rotation: float = 0.0
     scale: float = 0.0
     noise_std: float = 0.0
+    cutout: int = 0
     pca_std: float = 0.0
     pca_eigvals: tuple | None = None
     pca_eigvecs: tuple | None = None
@@ -286,6 +322,8 @@ class AugmentConfig:
         for name in ("rotation", "noise_std", "pca_std"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)!r}")
+        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or self.cutout < 0:
+            raise ValueError(f"`cutout` must be an integer >= 0. Received: cutout={self.cutout!r}")
         if not 0 <= self.scale < 1:
             raise ValueError(f"`scale` must be in [0, 1). Received: scale={self.scale!r}")
         object.__setattr__(self, "pca_eigvals", _matrix(self.pca_eigvals, (3,), "pca_eigvals"))
@@ -317,7 +355,7 @@ class AugmentConfig:
 
 def augment_batch(images_uint8: tf.Tensor, seed: SeedLike, config: AugmentConfig) -> tf.Tensor:
     """Training augmentation of a batch: crop -> flip -> (vertical flip, rotation/zoom) ->
-    PCA colour -> noise -> clip to [0, 255].
+    PCA colour -> noise -> cutout -> clip to [0, 255].
 
     Pure and stateless: the same (images, seed) give the same draws in eager, tf.function
     and jit_compile code (crop offsets and flips exactly, float results up to rounding), so
@@ -344,6 +382,8 @@ def augment_batch(images_uint8: tf.Tensor, seed: SeedLike, config: AugmentConfig
                        config.pca_std)
     if config.noise_std > 0:
         x = gaussian_noise(x, _sub_seed(seed, _NOISE), config.noise_std)
+    if config.cutout > 0:
+        x = cutout(x, _sub_seed(seed, _CUTOUT), config.cutout)
     return tf.clip_by_value(x, 0.0, 255.0)
 
 

@@ -127,13 +127,17 @@ def test_config_for_variant_and_bad_configs():
         augment.AugmentConfig.for_variant("cifar", crop=3)
     with pytest.raises(ValueError, match="Unknown variant"):
         augment.AugmentConfig.for_variant("vgg")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="`cutout` must be an integer >= 0"):
+            augment.AugmentConfig.for_variant("cifar", cutout=bad)
     with pytest.raises(ValueError, match="shape \\[2\\]"):
         augment.augment_batch(_images(2, 32, 32), [1, 2, 3], cifar)
 
 
 def _full_config(**overrides):
     values = dict(noise_std=4.0, pca_std=0.1, pca_eigvals=[0.2, 0.02, 0.005],
-                  pca_eigvecs=np.eye(3), vertical_flip=True, rotation=10.0, scale=0.1)
+                  pca_eigvecs=np.eye(3), vertical_flip=True, rotation=10.0, scale=0.1,
+                  cutout=8)
     values.update(overrides)
     return augment.AugmentConfig.for_variant("cifar", **values)
 
@@ -163,6 +167,53 @@ def test_augment_batch_under_xla_matches_eager():
     step = tf.function(lambda x, s: augment.augment_batch(x, s, crop_only), jit_compile=True)
     np.testing.assert_array_equal(step(images, seed),
                                   augment.augment_batch(images, seed, crop_only))
+
+
+def _square_of_changes(before, after):
+    """The rows and columns where `after` differs from `before`, checked to form one
+    axis-aligned rectangle (every pixel inside changed, none outside)."""
+    changed = np.any(before != after, axis=-1)
+    rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+    assert changed.sum() == len(rows) * len(cols)
+    assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+    return rows, cols
+
+
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_cutout_fills_one_clipped_square_per_image_with_its_mean_colour(size):
+    height, width = 9, 12
+    images = np.random.default_rng(size).uniform(0, 255, (200, height, width, 3)).astype(np.float32)
+    out = augment.cutout(images, [4, size], size).numpy()
+    starts = set()
+    for image, result in zip(images, out):
+        rows, cols = _square_of_changes(image, result)
+        # Centred on a pixel of the image: side `size` unless cut by a border, and never
+        # less than what remains of the square on the image's side of its centre.
+        for index, length in ((rows, height), (cols, width)):
+            first, last = index[0], index[-1]
+            assert len(index) == size or first == 0 or last == length - 1
+            assert len(index) >= size - size // 2 and len(index) <= size
+        np.testing.assert_allclose(result[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
+                                   np.broadcast_to(image.mean(axis=(0, 1)),
+                                                   (len(rows), len(cols), 3)), rtol=1e-5)
+        starts.add((rows[0], cols[0]))
+    assert len(starts) > 40   # per-image places, clipped ones among them
+    assert any(r == 0 for r, _ in starts) and any(c == 0 for _, c in starts)
+    np.testing.assert_array_equal(augment.cutout(images, [4, size], 0), images)
+
+
+def test_augment_batch_cutout_is_a_square_of_the_uncut_images_mean():
+    images = _images(16, 32, 32, seed=5)
+    seed = [9, 77]
+    # Without noise and colour jitter nothing leaves [0, 255], so the final clip (after the
+    # cutout) changes nothing and the mean is that of the uncut output.
+    in_range = dict(noise_std=0.0, pca_std=0.0)
+    plain = augment.augment_batch(images, seed, _full_config(cutout=0, **in_range)).numpy()
+    cut = augment.augment_batch(images, seed, _full_config(cutout=10, **in_range)).numpy()
+    for before, after in zip(plain, cut):
+        rows, cols = _square_of_changes(before, after)
+        assert 1 <= len(rows) <= 10 and 1 <= len(cols) <= 10
+        np.testing.assert_allclose(after[rows[0], cols[0]], before.mean(axis=(0, 1)), rtol=1e-4)
 
 
 def test_rotate_scale_matches_rot90_and_a_ramp():

@@ -14,7 +14,7 @@ import pytest
 from helpers import cli_env as env, main_command, read_weights
 FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=640",
          "--batch_size=16", "--epochs=2", "--deterministic", "--checkpoint_every_steps=5", "--seed=7",
-         "--learning_rate=0.01", "--noise_std=2", "--ema_decay=0.9"]
+         "--learning_rate=0.01", "--noise_std=2", "--cutout=4", "--ema_decay=0.9"]
 
 
 def command(model_dir):
