@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_main
+from helpers import cli_env, run_main
 
 
 @pytest.mark.parametrize("args, message", [
@@ -88,6 +88,44 @@ def test_evaluate_without_a_run(tmp_path):
     result = run_main("evaluate", f"--model_dir={tmp_path}")
     assert result.returncode == 1
     assert "holds no training run" in result.stderr and "Traceback" not in result.stderr
+
+
+CPP_LOG_SAMPLE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "I0000 00:00:1796320715.496393    3277 port.cc:153] oneDNN custom operations are on.\n",
+    "W1203 17:56:01.250000    3277 gpu_device.cc:2344] Cannot dlopen some GPU libraries.\n",
+    "E0000 00:00:1796320717.938392    3277 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR\n",
+    "F1203 17:56:02.000001    3277 status.cc:10] Check failed: x\n",
+    "/usr/lib/python3/warnings.py:1: UserWarning: I0000 is not a log line here\n",
+]
+
+
+@pytest.mark.parametrize("min_level, kept", [
+    (0, [0, 1, 2, 3, 4, 5]),
+    (1, [2, 3, 4, 5]),
+    (2, [3, 4, 5]),
+    (3, [4, 5]),
+])
+def test_filter_cpp_log_follows_tf_cpp_min_log_level(min_level, kept):
+    import main
+    text = "".join(CPP_LOG_SAMPLE)
+    assert main.filter_cpp_log(text, min_level) == "".join(CPP_LOG_SAMPLE[i] for i in kept)
+    # Without a CUDA driver the cuInit failure is expected and goes too (from level 1 on).
+    no_driver = text + "I0000 00:00:1.5    3277 cudart_stub.cc:31] Could not find cuda drivers\n"
+    expected = [CPP_LOG_SAMPLE[i] for i in kept if min_level == 0 or i != 3]
+    expected += [no_driver.splitlines(keepends=True)[-1]] if min_level == 0 else []
+    assert main.filter_cpp_log(no_driver, min_level) == "".join(expected)
+
+
+def test_tensorflow_start_up_lines_are_hidden_by_default(tmp_path):
+    env = cli_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]  # main.py's default (2) applies
+    result = run_main("evaluate", f"--model_dir={tmp_path}", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("Error: ") and "holds no training run" in lines[-1]
+    assert not [line for line in lines if re.match(r"[IW]\d{4} ", line)], result.stderr
+    assert "absl::InitializeLog" not in result.stderr
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
