@@ -238,7 +238,7 @@ def filter_cpp_log(text: str, min_level: int) -> str:
     """Drops C++ log lines under `min_level` (TF_CPP_MIN_LOG_LEVEL's scale: 0 INFO .. 3 FATAL).
 
     Fatal lines and every line that is not a C++ log line (Python warnings, tracebacks)
-    are kept. Abseil's notice that logging is not initialised goes once anything is dropped,
+    are kept. From level 1 on, Abseil's notice that logging is not initialised goes too,
     and so does the cuInit error when TensorFlow also logged that no CUDA driver is
     installed (a CPU-only machine, where that failure is expected).
     """
