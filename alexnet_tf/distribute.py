@@ -62,6 +62,19 @@ def resolve_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, s
     return "float32", "auto: the CPU has no bfloat16 units"
 
 
+def bfloat16_emulated(precision: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when `precision` computes in bfloat16 on a CPU without bfloat16 units.
+
+    There oneDNN emulates bfloat16 and a train step is slower than in float32; GPUs and
+    TPUs, when TensorFlow sees one, run it natively.
+    """
+    if precision != "mixed_bfloat16":
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    return not cpu_has_bfloat16(cpuinfo)
+
+
 def _tf_config() -> dict:
     raw = os.environ.get("TF_CONFIG")
     if not raw:

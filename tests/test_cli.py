@@ -139,6 +139,10 @@ def test_mixed_precision_trains(tmp_path, precision):
         summary = json.load(f)
     assert summary["history"][0]["loss"] > 0 and summary["flags"]["precision"] == precision
     assert summary["precision"] == precision and f"Precision: {precision}" in result.stdout
+    # bfloat16 asked for on a CPU without bfloat16 units warns that it is emulated (slow).
+    from alexnet_tf.distribute import cpu_has_bfloat16
+    warned = "oneDNN emulates bfloat16" in result.stderr
+    assert warned == (precision == "mixed_bfloat16" and not cpu_has_bfloat16()), result.stderr[-2000:]
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -162,12 +162,15 @@ CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {extra} rdtscp\n"
     ("", "float32"),
 ])
 def test_auto_precision_follows_the_cpu_flags(tmp_path, extra, want):
-    from alexnet_tf.distribute import resolve_precision
+    from alexnet_tf.distribute import bfloat16_emulated, resolve_precision
     cpuinfo = os.path.join(tmp_path, "cpuinfo")
     with open(cpuinfo, "w") as f:
         f.write(CPUINFO.format(extra=extra))
     # The suite hides GPUs (conftest), so the CPU decides.
     assert resolve_precision("auto", cpuinfo)[0] == want
+    # Asking for bfloat16 where "auto" would not pick it is flagged as emulated.
+    assert bfloat16_emulated("mixed_bfloat16", cpuinfo) == (want == "float32")
+    assert not bfloat16_emulated("float32", cpuinfo) and not bfloat16_emulated("mixed_float16", cpuinfo)
     assert resolve_precision("float32", cpuinfo)[0] == "float32"
     assert resolve_precision("auto", os.path.join(tmp_path, "missing"))[0] == "float32"
     with pytest.raises(ValueError, match="precision"):
