@@ -1,6 +1,6 @@
 """Command-line entry point: `python main.py COMMAND [--flags]`.
 
-Commands: train, evaluate, export, predict, prepare, benchmark.
+Commands: train, evaluate, export, predict, prepare, benchmark, convert.
 Flags are parsed here and passed on as explicit arguments; nothing below
 this file reads FLAGS.
 """
@@ -77,6 +77,16 @@ flags.DEFINE_enum("lrn_impl", "decomposed", ["builtin", "decomposed"],
                   "How the LRN layers compute during training (same formula; see README).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
                      "--strategy=mirrored without GPUs.", lower_bound=0)
+flags.DEFINE_string("init_from", None, "Start from the weights of a run folder (a trained or "
+                    "converted run: its best weights) or of a .weights.h5 file in one; fc8 is new "
+                    "when the classes differ. The variant comes from that run.")
+flags.DEFINE_enum("trainable_from", None, ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
+                                           "fc8"],
+                  "Freeze every layer before this one (default: train all).")
+
+# convert
+flags.DEFINE_string("weights", None, "A torchvision AlexNet state dict (.pth), e.g. "
+                    "alexnet-owt-7be5be79.pth; either PyTorch file format.")
 
 # evaluate
 flags.DEFINE_enum("tta", "none", ["none", "10crop"], "Test-time augmentation.")
@@ -116,30 +126,22 @@ def _no_args(argv):
 
 def train(argv):
     _no_args(argv)
+    import_tensorflow_quietly()
     from alexnet_tf import training
     model_dir = FLAGS.model_dir or os.path.join("runs", f"{FLAGS.model}-{FLAGS.dataset}")
-    config = training.TrainConfig(
-        model=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model_dir=model_dir,
-        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, steps_per_epoch=FLAGS.steps_per_epoch,
-        seed=FLAGS.seed, num_classes=FLAGS.num_classes, synthetic_examples=FLAGS.synthetic_examples,
-        init=FLAGS.init, groups=FLAGS.groups, cache=FLAGS.cache, strict=FLAGS.strict,
-        learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
-        ema_decay=FLAGS.ema_decay,
-        lr_schedule=FLAGS.lr_schedule,
-        warmup_epochs=FLAGS.warmup_epochs, precision=FLAGS.precision,
-        jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic,
-        strategy=FLAGS.strategy, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        keep_checkpoints=FLAGS.keep_checkpoints, flip=FLAGS.flip, noise_std=FLAGS.noise_std,
-        pca_std=FLAGS.pca_std, cutout=FLAGS.cutout, augment=FLAGS.augment, dropout=FLAGS.dropout,
-        lrn_implementation=FLAGS.lrn_impl, cpu_devices=FLAGS.cpu_devices)
-    training.train(config)
+    values = {TRAIN_FIELDS.get(name, name): FLAGS[name].value
+              for name in SHARED_FLAGS + COMMAND_FLAGS["train"]}
+    values["model_dir"] = model_dir
+    if FLAGS.init_from and not FLAGS["model"].present:
+        values["model"] = None  # the variant of the run it starts from
+    training.train(training.TrainConfig(**values))
 
 
 def evaluate(argv):
     _no_args(argv)
     if not FLAGS.model_dir:
         raise app.UsageError("evaluate needs --model_dir=RUN (a training run's folder).")
+    import_tensorflow_quietly()
     from alexnet_tf.evaluation import evaluate_run
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None
     result = evaluate_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint, tta=FLAGS.tta, split=FLAGS.split,
@@ -160,23 +162,43 @@ def export(argv):
         raise app.UsageError(f"--{'/--'.join(tflite_only)} apply to --format=tflite or all.")
     if FLAGS.format == "tflite" and FLAGS["version"].present:
         raise app.UsageError("--version applies to --format=saved_model or all.")
+    import_tensorflow_quietly()
+    calibration = _calibration()
     if FLAGS.format in ("saved_model", "all"):
         from export.saved_model import export_saved_model
         path = export_saved_model(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
                                   version=FLAGS.version, model_name=FLAGS.model_name)
         print(f"SavedModel: {path}")
     if FLAGS.format in ("tflite", "all"):
-        from export.tflite import calibration_batches, export_tflite
-        calibration = None
-        if FLAGS.quantize == "int8" and (FLAGS["dataset"].present or FLAGS["data_dir"].present):
-            calibration = calibration_batches(FLAGS.model_dir, FLAGS.dataset, FLAGS.data_dir,
-                                              max_images=FLAGS.calibration_steps)
-        path = export_tflite(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
-                             quantize=FLAGS.quantize, lrn=FLAGS.lrn, batch=FLAGS.tflite_batch,
-                             calibration_data=calibration,
-                             calibration_steps=FLAGS.calibration_steps,
-                             model_name=FLAGS.model_name)
-        print(f"TFLite: {path}")
+        for quantize in _tflite_forms():
+            path = _export_tflite(quantize, calibration if quantize == "int8" else None)
+            print(f"TFLite: {path}")
+
+
+def _tflite_forms() -> tuple[str, ...]:
+    """--quantize's form; with --format=all and no --quantize, every form."""
+    from export.tflite import QUANTIZATIONS
+    if FLAGS.format == "all" and not FLAGS["quantize"].present:
+        return QUANTIZATIONS
+    return (FLAGS.quantize,)
+
+
+def _calibration():
+    """int8 calibration images, opened (and checked) before anything is written."""
+    if FLAGS.format == "saved_model" or "int8" not in _tflite_forms():
+        return None
+    from export.tflite import calibration_batches
+    dataset = FLAGS.dataset if FLAGS["dataset"].present else None
+    data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    return calibration_batches(FLAGS.model_dir, dataset, data_dir, max_images=FLAGS.calibration_steps)
+
+
+def _export_tflite(quantize: str, calibration) -> str:
+    from export.tflite import export_tflite
+    return export_tflite(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
+                         quantize=quantize, lrn=FLAGS.lrn, batch=FLAGS.tflite_batch,
+                         calibration_data=calibration, calibration_steps=FLAGS.calibration_steps,
+                         model_name=FLAGS.model_name)
 
 
 def predict(argv):
@@ -185,6 +207,7 @@ def predict(argv):
     if len(argv) < 3:
         raise app.UsageError("predict needs image files or folders: "
                              "python main.py predict --artifact=PATH FILE_OR_DIR...")
+    import_tensorflow_quietly()
     from export.predict import predict_files, print_predictions
     results, failures = predict_files(FLAGS.artifact, argv[2:], top_k=FLAGS.top_k)
     print_predictions(results, failures)
@@ -202,6 +225,7 @@ def prepare(argv):
                              "val/<class>/* images.")
     if not FLAGS.output_dir:
         raise app.UsageError("prepare needs --output_dir: where the TFRecord shards go.")
+    import_tensorflow_quietly()
     from data_pipeline import tfrecord
     metadata = tfrecord.write_shards(FLAGS.data_dir, FLAGS.output_dir, FLAGS.shards,
                                      strict=FLAGS.strict)
@@ -213,10 +237,26 @@ def prepare(argv):
 
 def benchmark(argv):
     _no_args(argv)
+    import_tensorflow_quietly()
     from bench import run
     variants = (FLAGS.model,) if FLAGS["model"].present else run.VARIANTS
     run.run(FLAGS.what, variants, data_dir=FLAGS.data_dir, reps=FLAGS.reps, batch=FLAGS.batch_size,
             intra_threads=FLAGS.threads, output=FLAGS.output)
+
+
+def convert(argv):
+    """Writes a run folder (--model_dir) from torchvision's AlexNet weights (--weights)."""
+    _no_args(argv)
+    if not FLAGS.weights:
+        raise app.UsageError("convert needs --weights=FILE, a torchvision AlexNet state dict "
+                             "such as alexnet-owt-7be5be79.pth.")
+    if not FLAGS.model_dir:
+        raise app.UsageError("convert needs --model_dir=RUN, the run folder to write.")
+    import_tensorflow_quietly()
+    from alexnet_tf.pretrained import convert_torchvision
+    info = convert_torchvision(FLAGS.weights, FLAGS.model_dir)
+    print(f"Wrote {FLAGS.model_dir}: variant {info['variant']}, {info['num_classes']} ImageNet "
+          f"classes, {info['parameters']:,} parameters (from {FLAGS.weights}).")
 
 
 COMMANDS = {
@@ -226,6 +266,7 @@ COMMANDS = {
     "predict": predict,
     "prepare": prepare,
     "benchmark": benchmark,
+    "convert": convert,
 }
 
 
@@ -263,6 +304,8 @@ def import_tensorflow_quietly() -> None:
     before it reads TF_CPP_MIN_LOG_LEVEL, so stderr is caught at the file-descriptor
     level meanwhile and replayed through `filter_cpp_log`. On failure all of it is replayed.
     """
+    if "tensorflow" in sys.modules:
+        return
     try:
         min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     except ValueError:
@@ -287,6 +330,15 @@ def import_tensorflow_quietly() -> None:
 
 
 def main(argv):
+    try:
+        _dispatch(argv)
+    except app.UsageError as e:
+        # One line, not absl's usage text with every flag of every command.
+        command = argv[1] if len(argv) > 1 and argv[1] in COMMANDS else "COMMAND"
+        _exit_with_error(f"{e} (python main.py {command} --help lists the flags)")
+
+
+def _dispatch(argv):
     if len(argv) < 2:
         raise app.UsageError(f"Missing command; expected one of: {', '.join(COMMANDS)}")
     if not FLAGS["verbosity"].present:
@@ -294,14 +346,27 @@ def main(argv):
     command = COMMANDS.get(argv[1])
     if command is None:
         raise app.UsageError(f"Unknown command {argv[1]!r}; expected one of: {', '.join(COMMANDS)}")
-    import_tensorflow_quietly()
-    try:
+    try:  # each command checks its flags, then imports TensorFlow (import_tensorflow_quietly)
         command(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
             PermissionError, FloatingPointError, ConnectionError) as e:
         # User-facing errors from the library: one line, no traceback.
-        print(f"Error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with_error(str(e))
+
+
+def _exit_with_error(message: str) -> None:
+    print(f"Error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with a bad flag reported in one line (absl adds a hint line)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        words = [a for a in argv[1:] if not a.startswith("-")]
+        command = words[0] if words and words[0] in COMMANDS else "COMMAND"
+        _exit_with_error(f"{e} (python main.py {command} --help lists the flags)")
 
 
 SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
@@ -311,14 +376,18 @@ COMMAND_FLAGS = {
               "ema_decay", "lr_schedule",
               "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
               "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
-              "cutout", "augment", "dropout", "lrn_impl", "cpu_devices"),
+              "cutout", "augment", "dropout", "lrn_impl", "cpu_devices", "init_from",
+              "trainable_from"),
     "evaluate": ("tta", "split", "checkpoint", "batch_size"),
     "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
                "calibration_steps", "checkpoint", "model_name"),
     "predict": ("artifact", "top_k"),
     "prepare": ("output_dir", "shards", "strict"),
     "benchmark": ("what", "output", "batch_size", "reps", "threads"),
+    "convert": ("weights",),
 }
+# train flags whose TrainConfig field has another name (the rest map by name).
+TRAIN_FIELDS = {"lrn_impl": "lrn_implementation"}
 EXAMPLES = {
     "train": "python main.py train --model=cifar --dataset=cifar10 --model_dir=runs/cifar10",
     "evaluate": "python main.py evaluate --model_dir=runs/cifar10 --tta=10crop",
@@ -326,6 +395,7 @@ EXAMPLES = {
     "predict": "python main.py predict --artifact=runs/cifar10/export/alexnet_cifar/1 cat.jpg",
     "prepare": "python main.py prepare --data_dir=images/ --output_dir=shards/ --shards=16",
     "benchmark": "python main.py benchmark --what=train --model=cifar",
+    "convert": "python main.py convert --weights=alexnet-owt-7be5be79.pth --model_dir=runs/imagenet",
 }
 
 
@@ -348,4 +418,4 @@ if __name__ == "__main__":
         words = [a for a in sys.argv[1:] if not a.startswith("-")]
         print_help(words[0] if words else None)
         sys.exit(0)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -94,11 +94,32 @@ def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none",
     import os
 
     from alexnet_tf import rundir
-    from data_pipeline.pipeline import load_data
+    from data_pipeline.pipeline import labelled_folder
 
     if split not in ("val", "train"):
         raise ValueError(f"`split` must be 'val' or 'train'. Received: split={split!r}")
     model, info = rundir.load_trained_model(model_dir, checkpoint)
+    if dataset == "folder" or (dataset is None and not info.get("dataset")):
+        if not data_dir:
+            raise ValueError(f"The run in {model_dir!r} names no dataset; pass --dataset=folder "
+                             "--data_dir=FOLDER of class folders (named by class name or WordNet id).")
+        # Class folders are matched to the run's classes by name (or WordNet id).
+        data, _ = labelled_folder(data_dir, info["variant"], info["class_names"],
+                                  aliases=info.get("class_ids"), split=split, batch_size=batch_size)
+    else:
+        data = _run_dataset(info, dataset, data_dir, split, batch_size)
+    result = evaluate_dataset(model, data, info["variant"], info["num_classes"], tta=tta)
+    result.update(split=split, tta=tta, checkpoint=checkpoint, class_names=info["class_names"])
+    rundir.atomic_write_text(os.path.join(model_dir, "eval.json"), json.dumps(result, indent=2))
+    plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, "confusion.png"))
+    return result
+
+
+def _run_dataset(info: dict, dataset: str | None, data_dir: str | None, split: str,
+                 batch_size: int) -> tf.data.Dataset:
+    """The run's own dataset (or another of the same classes) in a fixed order."""
+    from data_pipeline.pipeline import load_data
+
     run_config = info.get("config", {})
     source = load_data(dataset or info.get("dataset", "cifar10"),
                        data_dir if dataset or data_dir else info.get("data_dir"), info["variant"],
@@ -107,12 +128,7 @@ def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none",
     if list(source.class_names) != list(info["class_names"]):
         raise ValueError(f"The dataset's classes {list(source.class_names)[:10]} differ from the "
                          f"run's {info['class_names'][:10]}.")
-    data = source.val_dataset(batch_size) if split == "val" else source.eval_train_dataset(batch_size)
-    result = evaluate_dataset(model, data, info["variant"], info["num_classes"], tta=tta)
-    result.update(split=split, tta=tta, checkpoint=checkpoint, class_names=info["class_names"])
-    rundir.atomic_write_text(os.path.join(model_dir, "eval.json"), json.dumps(result, indent=2))
-    plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, "confusion.png"))
-    return result
+    return source.val_dataset(batch_size) if split == "val" else source.eval_train_dataset(batch_size)
 
 
 def plot_confusion(confusion, class_names, path: str) -> None:

@@ -33,13 +33,18 @@ PCA_FILE = "pca.json"
 CSV_LOG = "log.csv"
 SUMMARY = "summary.json"
 # Options that must match for a run to resume from a checkpoint.
-RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average")
+RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average", "trainable_from")
+# The layers that hold weights, in order: the names --trainable_from takes.
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """All the settings of a training run (the flags of `python main.py train`)."""
-    model: str = "cifar"
+    """All the settings of a training run (the flags of `python main.py train`).
+
+    `model` may be None with `init_from`: the variant of the run it starts from.
+    """
+    model: str | None = "cifar"
     dataset: str = "cifar10"
     data_dir: str | None = None
     model_dir: str = "runs/cifar-cifar10"
@@ -76,6 +81,8 @@ class TrainConfig:
     augment: bool = True
     dropout: float = 0.5
     cpu_devices: int = 0
+    init_from: str | None = None
+    trainable_from: str | None = None
     verbose: int = 1
 
 
@@ -163,8 +170,11 @@ def _jit(config: TrainConfig) -> bool:
     return config.jit_compile == "true"
 
 
-def _run_info(config: TrainConfig, source, num_classes: int) -> dict:
+def _run_info(config: TrainConfig, source, num_classes: int, init: InitSource | None) -> dict:
     model_kwargs = {"groups": config.groups, "init": config.init, "dropout": config.dropout}
+    if init is not None:  # the architecture and the input normalisation travel with the weights
+        model_kwargs["groups"] = init.model_kwargs.get("groups", 1)
+        model_kwargs.update({k: init.model_kwargs[k] for k in ("mean", "std") if k in init.model_kwargs})
     return {
         "variant": config.model,
         "num_classes": num_classes,
@@ -172,10 +182,124 @@ def _run_info(config: TrainConfig, source, num_classes: int) -> dict:
         "model_kwargs": model_kwargs,
         # The checkpoint holds the averaged weights only when averaging is on.
         "weight_average": config.ema_decay or None,
+        "trainable_from": config.trainable_from,
+        "init_from": None if init is None else init.record(),
         "dataset": config.dataset,
         "data_dir": os.path.abspath(config.data_dir) if config.data_dir else None,
         "config": dataclasses.asdict(config),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """The run whose weights a fine-tuning run starts from (`--init_from`)."""
+    path: str
+    weights: str
+    variant: str
+    num_classes: int
+    model_kwargs: dict
+    class_names: tuple = ()
+
+    def record(self) -> dict:
+        """What run.json keeps of it (a resumed run reads this instead of the source)."""
+        return {"path": self.path, "weights": self.weights, "variant": self.variant,
+                "num_classes": self.num_classes, "model_kwargs": self.model_kwargs}
+
+
+def read_init_source(init_from: str) -> InitSource:
+    """Resolves `--init_from`: a run folder (its best weights, else its latest) or a
+    `.weights.h5` file inside a run folder.
+
+    Raises:
+        FileNotFoundError: nothing there, no run.json beside the weights, or no weights.
+        ValueError: a file that is not a Keras `.weights.h5`.
+    """
+    if os.path.isfile(init_from):
+        if not init_from.endswith(".weights.h5"):
+            raise ValueError(f"--init_from={init_from!r} is not a run folder or a .weights.h5 file.")
+        folder, weights = os.path.dirname(os.path.abspath(init_from)), os.path.abspath(init_from)
+    elif os.path.isdir(init_from):
+        folder = os.path.abspath(init_from)
+        found = [os.path.join(folder, rundir.WEIGHTS[k]) for k in ("best", "latest")
+                 if os.path.isfile(os.path.join(folder, rundir.WEIGHTS[k]))]
+        if not found:
+            raise FileNotFoundError(f"--init_from={init_from!r} holds no weights yet (no "
+                                    f"{rundir.WEIGHTS['best']} or {rundir.WEIGHTS['latest']}).")
+        weights = found[0]
+    else:
+        raise FileNotFoundError(f"--init_from={init_from!r} does not exist; give a run folder "
+                                "(trained, or written by `convert`) or a .weights.h5 file in one.")
+    info = rundir.read_run_info(folder)
+    return InitSource(path=os.path.abspath(init_from), weights=weights, variant=info["variant"],
+                      num_classes=int(info["num_classes"]), model_kwargs=info.get("model_kwargs", {}),
+                      class_names=tuple(info.get("class_names") or ()))
+
+
+def _init_source(config: TrainConfig, resuming: bool) -> InitSource | None:
+    """The --init_from source; a resumed run takes it from its own run.json (no reload)."""
+    if not config.init_from:
+        return None
+    if resuming and os.path.isfile(os.path.join(config.model_dir, rundir.RUN_INFO)):
+        stored = rundir.read_run_info(config.model_dir).get("init_from")
+        if stored:
+            return InitSource(**stored)
+    return read_init_source(config.init_from)
+
+
+def _with_variant(config: TrainConfig, init: InitSource | None) -> TrainConfig:
+    """The config with the variant of the run it starts from (an explicit --model must agree)."""
+    if init is None:
+        if config.model is None:
+            raise ValueError("No model variant: pass --model, or --init_from=RUN to take its variant.")
+        return config
+    if config.model is not None and config.model != init.variant:
+        raise ValueError(f"--model={config.model} differs from the {init.variant!r} run of "
+                         f"--init_from={config.init_from!r}; leave --model out to take its variant.")
+    return dataclasses.replace(config, model=init.variant)
+
+
+def load_init_weights(model: keras.Model, init: InitSource, class_names) -> str:
+    """Copies the weights of `init` into `model`, layer by layer; fc8 stays new (as
+    initialised) when the classes differ.
+
+    Returns:
+        A line for the log saying what was loaded.
+    """
+    source = rundir.build_from_run_info({"variant": init.variant, "num_classes": init.num_classes,
+                                         "model_kwargs": init.model_kwargs})
+    source.load_weights(init.weights)
+    new_head = init.num_classes != len(class_names) or (
+        bool(init.class_names) and list(init.class_names) != list(class_names))
+    loaded = [name for name in WEIGHT_LAYERS if not (new_head and name == "fc8")]
+    for name in loaded:
+        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    head = (f"; fc8 is new ({len(class_names)} classes, freshly initialised; the source has "
+            f"{init.num_classes})" if new_head else "")
+    return f"Initialised {', '.join(loaded)} from {init.weights}{head}."
+
+
+def freeze_before(model: keras.Model, layer_name: str | None) -> list[str]:
+    """Freezes every layer before `layer_name` (one of `WEIGHT_LAYERS`); None freezes nothing.
+
+    Returns:
+        The names of the frozen layers that hold weights.
+
+    Raises:
+        ValueError: on a name that is not one of `WEIGHT_LAYERS`.
+    """
+    if layer_name is None:
+        return []
+    if layer_name not in WEIGHT_LAYERS:
+        raise ValueError(f"`trainable_from` must be one of {WEIGHT_LAYERS}. "
+                         f"Received: trainable_from={layer_name!r}")
+    frozen = []
+    for layer in model.layers:
+        if layer.name == layer_name:
+            break
+        layer.trainable = False
+        if layer.name in WEIGHT_LAYERS:
+            frozen.append(layer.name)
+    return frozen
 
 
 def _check_resumable(old: dict, new: dict, model_dir: str) -> None:
@@ -240,21 +364,18 @@ def _train(config: TrainConfig) -> dict:
         when the loss stops being finite (the last good checkpoint is kept).
     """
     from data_pipeline import augment as aug
-    from data_pipeline.pipeline import load_data
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
+    resuming = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR)) is not None
+    init = _init_source(config, resuming)
+    config = _with_variant(config, init)
     if config.cpu_devices > 1:
         split_cpu(config.cpu_devices)
     strategy, is_chief, num_workers, worker_index = make_strategy(config.strategy)
-    precision, why = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
-    if bfloat16_emulated(precision):
-        logging.warning("This CPU has no bfloat16 units (AMX or AVX512-BF16): oneDNN emulates bfloat16, "
-                        "and --precision=mixed_bfloat16 trains slower than float32 here. "
-                        "--precision=auto picks float32 on this CPU.")
+    precision, why = _set_precision(config.precision)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
@@ -262,21 +383,12 @@ def _train(config: TrainConfig) -> dict:
     model_dir = config.model_dir if is_chief else os.path.join(config.model_dir, f".worker-{worker_index}")
     check_model_dir(model_dir)
 
-    source = load_data(config.dataset, config.data_dir, config.model, seed=config.seed,
-                       cache=config.cache, strict=config.strict, num_classes=config.num_classes,
-                       synthetic_examples=config.synthetic_examples)
-    for path, reason in source.skipped:
-        logging.warning("Skipped unreadable image %s: %s", path, reason)
-    if source.skipped:
-        logging.warning("Skipped %d unreadable images in all.", len(source.skipped))
+    source = _load_source(config, verbose=bool(config.verbose) and is_chief)
     num_classes = len(source.class_names)
     if config.verbose and is_chief:
-        print(f"Data: {config.dataset}, {num_classes} classes, {source.num_train} train and "
-              f"{source.num_val} val images" + (f", {len(source.skipped)} unreadable files skipped"
-                                               if source.skipped else "") + ".")
         print(f"Precision: {precision} ({why}); {replicas} replica(s) of {strategy.__class__.__name__}.")
 
-    info = _run_info(config, source, num_classes)
+    info = _run_info(config, source, num_classes, init)
     info_path = os.path.join(config.model_dir, rundir.RUN_INFO)
     if os.path.isfile(info_path):
         _check_resumable(rundir.read_run_info(config.model_dir), info, config.model_dir)
@@ -299,6 +411,7 @@ def _train(config: TrainConfig) -> dict:
         model = build_alexnet(config.model, num_classes, seed=config.seed,
                               lrn_implementation=config.lrn_implementation,
                               **info["model_kwargs"])
+        _start_from(model, init, source.class_names, config, resuming=resuming, verbose=is_chief)
         if conv_grad.wanted(precision, strategy):
             switched = conv_grad.use_matmul_filter_grad(model)
             if switched and config.verbose and is_chief:
@@ -432,6 +545,49 @@ def _train(config: TrainConfig) -> dict:
     return summary
 
 
+def _set_precision(precision: str) -> tuple[str, str]:
+    """Sets Keras' global dtype policy for --precision; returns (policy, why it was chosen)."""
+    precision, why = resolve_precision(precision)
+    keras.mixed_precision.set_global_policy(precision)
+    if bfloat16_emulated(precision):
+        logging.warning("This CPU has no bfloat16 units (AMX or AVX512-BF16): oneDNN emulates bfloat16, "
+                        "and --precision=mixed_bfloat16 trains slower than float32 here. "
+                        "--precision=auto picks float32 on this CPU.")
+    return precision, why
+
+
+def _load_source(config: TrainConfig, verbose: bool):
+    """Opens the run's dataset and reports it (and the unreadable files it skipped)."""
+    from data_pipeline.pipeline import load_data
+
+    source = load_data(config.dataset, config.data_dir, config.model, seed=config.seed,
+                       cache=config.cache, strict=config.strict, num_classes=config.num_classes,
+                       synthetic_examples=config.synthetic_examples)
+    for path, reason in source.skipped:
+        logging.warning("Skipped unreadable image %s: %s", path, reason)
+    if source.skipped:
+        logging.warning("Skipped %d unreadable images in all.", len(source.skipped))
+    if verbose:
+        print(f"Data: {config.dataset}, {len(source.class_names)} classes, {source.num_train} train "
+              f"and {source.num_val} val images" + (f", {len(source.skipped)} unreadable files "
+                                                   "skipped" if source.skipped else "") + ".")
+    return source
+
+
+def _start_from(model, init: InitSource | None, class_names, config: TrainConfig, *, resuming: bool,
+                verbose: bool) -> None:
+    """Loads --init_from's weights (unless resuming: the checkpoint has them) and freezes
+    the layers before --trainable_from."""
+    if init is not None and not resuming:
+        message = load_init_weights(model, init, class_names)
+        if verbose and config.verbose:
+            print(message)
+    frozen = freeze_before(model, config.trainable_from)
+    if frozen and verbose and config.verbose:
+        print(f"Frozen (not trained, no weight decay): {', '.join(frozen)}; "
+              f"trained from {config.trainable_from} on.")
+
+
 def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
                       weight_decay: float, top_k: int, label_smoothing: float = 0.0,
                       augment=None, seed: int = 0,
@@ -471,7 +627,10 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
             x = augment_fn(images, tf.stack([stream, tf.cast(step, tf.int64)]))
         else:
             x = preprocess.eval_images(images, variant)
-        with tf.GradientTape() as tape:
+        variables = model.trainable_variables
+        # Only the trainable variables are watched, so frozen layers record no gradient ops.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([v.value for v in variables])
             logits = tf.cast(model(x, training=True), tf.float32)
             if label_smoothing:
                 targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
@@ -481,7 +640,6 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
-        variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
         # Replicas' gradients are summed: each adds its share of the decay term. The
         # gradients are of the (possibly loss-scaled) loss: the decay is scaled alike, and

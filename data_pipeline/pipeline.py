@@ -292,6 +292,52 @@ class DataSource:
         return _finish(ds.map(lambda images, labels: images), False)
 
 
+def image_folder_batches(folder: str, variant: str, *, max_images: int, batch_size: int = 32,
+                         seed: int = 0) -> tf.data.Dataset:
+    """Up to `max_images` images found anywhere under `folder` (a seeded sample), for int8
+    calibration: uint8 [b, S, S, 3] batches at the variant's stored size, no labels.
+
+    Raises:
+        FileNotFoundError: `folder` does not exist.
+        ValueError: it holds no readable image.
+    """
+    sources.require_folder(folder, "Calibration needs --data_dir: a folder of images", "image folder")
+    paths = sources.list_image_files(folder)
+    order = _rng(seed, _SAMPLE).permutation(len(paths))[:_positive("max_images", max_images)]
+    picked = [paths[i] for i in sorted(order)]
+    files, _ = sources.validate_image_files(picked, np.zeros(len(picked), np.int32), where=folder)
+    if not len(files):
+        raise ValueError(f"{folder} holds no readable image ({', '.join(sources.IMAGE_EXTENSIONS)}).")
+    size, _ = preprocess.geometry(variant)
+    ds = _FileSplit(files).batches(np.arange(len(files)), _positive("batch_size", batch_size), False, size)
+    return _finish(ds.map(lambda images, labels: images), False)
+
+
+def labelled_folder(data_dir: str, variant: str, class_names: list[str], *,
+                    aliases: list[str] | None = None, split: str = "val", batch_size: int = 128,
+                    strict: bool = False) -> tuple[tf.data.Dataset, list[tuple[str, str]]]:
+    """A folder of class folders labelled with a model's classes, for evaluation.
+
+    `data_dir` is either a tree with `split`/<class>/* or the class folders themselves
+    (e.g. ImageNet's validation images sorted into WordNet-id folders). Folders are named
+    by class names or `aliases` and may be any subset of the classes (see
+    `sources.map_class_folders`).
+
+    Returns:
+        (dataset of (uint8 [b, S, S, 3], int32 [b]) in a fixed order, skipped [(path, reason)]).
+    """
+    sources.require_folder(data_dir, "This dataset needs --data_dir: a folder of class folders",
+                           "data folder")
+    split_dir = os.path.join(data_dir, split) if os.path.isdir(os.path.join(data_dir, split)) else data_dir
+    paths, labels = sources.map_class_folders(split_dir, class_names, aliases)
+    files, skipped = sources.validate_image_files(paths, labels, strict=strict, where=split_dir)
+    if not len(files):
+        raise ValueError(f"{split_dir} holds no readable image.")
+    size, _ = preprocess.geometry(variant)
+    ds = _FileSplit(files).batches(np.arange(len(files)), _positive("batch_size", batch_size), False, size)
+    return _finish(ds, False), skipped
+
+
 def load_data(dataset: str, data_dir: str | None, variant: str, *, seed: int = 0,
               cache: bool = False, strict: bool = False, num_classes: int = 10,
               synthetic_examples: int = 1024, shuffle_buffer: int = 16384) -> DataSource:

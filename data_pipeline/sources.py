@@ -59,6 +59,55 @@ def _list_images(class_dir: str) -> tuple[list[str], int]:
     return sorted(images), ignored
 
 
+def list_image_files(folder: str) -> list[str]:
+    """Every image file under `folder` (any depth, hidden entries skipped), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in files if not f.startswith(".")
+                  and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def map_class_folders(split_dir: str, class_names: list[str],
+                      aliases: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Lists split_dir/<class>/* and labels each folder with the index of a model's class.
+
+    A folder may be named by a class name or by its alias (e.g. ImageNet's WordNet id,
+    "n01440764" for "tench"); the folders may be any subset of the classes.
+
+    Args:
+        split_dir: a folder of class folders.
+        class_names: the model's classes, index = label.
+        aliases: other names of the same classes, in the same order.
+
+    Returns:
+        (paths, int32 labels) in folder-name order.
+
+    Raises:
+        ValueError: no class folders, a folder that names no class, or an empty folder.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    index.update({alias: i for i, alias in enumerate(aliases or [])})
+    folders = _list_classes(split_dir)
+    if not folders:
+        raise ValueError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/*.jpg.")
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        kind = "a class name or WordNet id" if aliases else "a class name"
+        raise ValueError(f"{len(unknown)} class folder(s) of {split_dir} name no class of the "
+                         f"model, e.g. {unknown[0]!r}; each folder must be named by {kind} of "
+                         f"the model (run.json: class_names, e.g. {class_names[0]!r}).")
+    paths, labels = [], []
+    for folder in folders:
+        images, _ = _list_images(os.path.join(split_dir, folder))
+        if not images:
+            raise ValueError(f"The class folder {os.path.join(split_dir, folder)} holds no images.")
+        paths += images
+        labels += [index[folder]] * len(images)
+    return paths, np.asarray(labels, np.int32)
+
+
 def require_folder(data_dir: str | None, needs: str, name: str) -> str:
     """Returns `data_dir`, or raises a clear error when it is unset or not a folder.
 

@@ -95,36 +95,52 @@ def calibration_samples(calibration_data: Iterable, variant: str, *, batch: int,
 def calibration_batches(model_dir: str, dataset: str | None = None, data_dir: str | None = None,
                         *, max_images: int = 100, batch_size: int = 32,
                         seed: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 stored-size training images of a run's dataset, for int8 calibration.
+    """uint8 stored-size images for int8 calibration: the run's training data, or another source.
 
     Args:
-        model_dir: the training run; its run.json names the dataset unless `dataset` is given.
-        dataset, data_dir: another data source (as `main.py --dataset/--data_dir`).
+        model_dir: the training run; its run.json names the dataset unless `dataset` or
+            `data_dir` is given.
+        dataset, data_dir: another data source (as `main.py --dataset/--data_dir`). A
+            `data_dir` without `dataset` may also be any folder of images (a converted
+            model's run names no dataset: calibrate it on photos like the ones it will see).
         max_images: how many images to draw.
         batch_size: images per yielded batch.
         seed: seed of the sample (and of synthetic images); defaults to the run's.
 
     Returns:
-        An iterator of uint8 [b, S, S, 3] arrays, the same images on every call.
+        An iterator of uint8 [b, S, S, 3] arrays, the same images on every call. The
+        source is opened (and checked) before this returns.
 
     Raises:
-        ValueError: when neither run.json nor the arguments name a dataset.
+        ValueError: when neither run.json nor the arguments name a dataset, or the
+            folder holds no readable image.
+        FileNotFoundError: when `data_dir` does not exist.
     """
-    from data_pipeline.pipeline import load_data
+    from data_pipeline.pipeline import image_folder_batches, load_data
 
     info = rundir.read_run_info(model_dir)
     config = info.get("config") or {}
-    if dataset is None:
+    seed = config.get("seed", 0) if seed is None else seed
+    if dataset is None and data_dir and not os.path.isdir(os.path.join(data_dir, "train")):
+        return _numpy_batches(image_folder_batches(data_dir, info["variant"], max_images=max_images,
+                                                   batch_size=batch_size, seed=seed))
+    if dataset is None and data_dir:
+        dataset = "folder"
+    elif dataset is None:
         dataset, data_dir = info.get("dataset"), info.get("data_dir")
     if not dataset:
         raise ValueError(f"run.json of {model_dir!r} names no dataset to calibrate int8 with; "
-                         "pass --dataset (and --data_dir).")
-    kwargs = {"seed": config.get("seed", 0) if seed is None else seed,
-              "num_classes": int(info["num_classes"])}
+                         "pass --data_dir=FOLDER of images like those the model will see "
+                         "(or --dataset and --data_dir).")
+    kwargs = {"seed": seed, "num_classes": int(info["num_classes"])}
     if config.get("synthetic_examples"):
         kwargs["synthetic_examples"] = int(config["synthetic_examples"])
     source = load_data(dataset, data_dir, info["variant"], **kwargs)
-    for images in source.sample_images(max_images, batch_size):
+    return _numpy_batches(source.sample_images(max_images, batch_size))
+
+
+def _numpy_batches(dataset) -> Iterator[np.ndarray]:
+    for images in dataset:
         yield np.asarray(images)
 
 

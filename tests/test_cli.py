@@ -26,6 +26,46 @@ def test_usage_errors(args, message):
     assert "Traceback" not in result.stderr
 
 
+# Every command's usage errors: one line on stderr, status 1 (not absl's list of every flag).
+ONE_LINE_USAGE_ERRORS = [
+    ((), "Missing command"),
+    (("no_such_command",), "Unknown command 'no_such_command'"),
+    (("train", "--model=vgg"), "--model=vgg"),
+    (("train", "--no_such_flag=1"), "no_such_flag"),
+    (("train", "--trainable_from=conv9"), "--trainable_from"),
+    (("train", "extra"), "Unexpected arguments: extra"),
+    (("evaluate",), "needs --model_dir"),
+    (("evaluate", "--tta=5crop"), "--tta"),
+    (("export",), "needs --model_dir"),
+    (("export", "--model_dir=x", "--quantize=int8"), "apply to --format=tflite or all"),
+    (("export", "--format=onnx"), "--format"),
+    (("predict",), "needs --artifact"),
+    (("predict", "--artifact=x"), "needs image files"),
+    (("prepare",), "needs --data_dir"),
+    (("prepare", "--data_dir=x"), "needs --output_dir"),
+    (("benchmark", "--what=everything"), "--what"),
+    (("benchmark", "extra"), "Unexpected arguments"),
+    (("convert",), "needs --weights"),
+    (("convert", "--weights=x.pth"), "needs --model_dir"),
+    (("convert", "--weights=x.pth", "--model_dir=y", "extra"), "Unexpected arguments"),
+]
+
+
+def test_every_usage_error_is_one_line():
+    import subprocess
+    from helpers import ROOT, main_command
+
+    procs = [subprocess.Popen(main_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=cli_env(), cwd=ROOT)
+             for args, _ in ONE_LINE_USAGE_ERRORS]
+    for (args, message), proc in zip(ONE_LINE_USAGE_ERRORS, procs):
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 1, (args, err[-2000:])
+        assert len(lines) == 1, (args, err[-2000:])
+        assert lines[0].startswith("Error: ") and message in lines[0], (args, lines)
+
+
 def test_help_lists_commands_and_flags():
     result = run_main("train", "--help")
     assert result.returncode == 0

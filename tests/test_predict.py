@@ -21,27 +21,43 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("predict")
     model_dir, model = make_run(root / "run", seed=5)
-    argv = main.FLAGS(["main.py", "export", f"--model_dir={model_dir}", "--format=all"])
-    try:
-        main.main(argv)
-    finally:
-        main.FLAGS.unparse_flags()
     images = root / "images"
     (images / "sub").mkdir(parents=True)
     pixels = random_images(2, 40, 56, seed=9)
     (images / "a.jpg").write_bytes(encode(pixels[0], "JPEG", quality=95))
     (images / "sub" / "b.png").write_bytes(encode(pixels[1], "PNG"))
     (images / "notes.txt").write_text("not an image")
+    # The run names no dataset: int8 calibrates on the images of --data_dir.
+    argv = main.FLAGS(["main.py", "export", f"--model_dir={model_dir}", "--format=all",
+                       f"--data_dir={images}"])
+    try:
+        main.main(argv)
+    finally:
+        main.FLAGS.unparse_flags()
     export_dir = os.path.join(model_dir, "export")
     return {"model_dir": model_dir, "images": str(images),
             "saved_model": os.path.join(export_dir, "alexnet_cifar", "1"),
             "tflite": os.path.join(export_dir, "alexnet_cifar_float32.tflite")}
 
 
-def test_export_all_writes_both_formats(exported):
+def test_export_all_writes_the_saved_model_and_every_tflite_form(exported):
     assert os.path.isfile(os.path.join(exported["saved_model"], "saved_model.pb"))
-    assert os.path.isfile(exported["tflite"])
-    assert os.path.isfile(exported["tflite"].replace(".tflite", ".labels.txt"))
+    assert os.path.isfile(os.path.join(exported["saved_model"], "assets.extra",
+                                       "tf_serving_warmup_requests"))
+    for form in ("float32", "float16", "dynamic", "int8"):
+        path = exported["tflite"].replace("float32", form)
+        assert os.path.isfile(path), form
+        assert os.path.isfile(path.replace(".tflite", ".labels.txt")), form
+
+
+def test_export_all_without_calibration_images_writes_nothing(tmp_path):
+    from helpers import run_main
+    model_dir, _ = make_run(tmp_path / "run")
+    result = run_main("export", f"--model_dir={model_dir}", "--format=all")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert "--data_dir" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(model_dir, "export"))
 
 
 @pytest.mark.parametrize("kind", ["saved_model", "tflite"])
@@ -159,8 +175,9 @@ def test_int8_export_calibrated_from_flags_then_predict(exported, capsys):
     (("predict", "--artifact=x"), "needs image files"),
     (("predict", "a.jpg"), "needs --artifact"),
 ])
-def test_usage_errors(args, message):
-    from absl import app
-
-    with pytest.raises(app.UsageError, match=message):
+def test_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         _run_main(*args)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
