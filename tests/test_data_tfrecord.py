@@ -162,5 +162,5 @@ def test_prepare_command(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert os.path.exists(tmp_path / "out" / "val-00001-of-00002.tfrecord")
-    missing = subprocess.run(command[:3], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert missing.returncode != 0 and "--output_dir" in missing.stderr
+    missing = subprocess.run(command[:4], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: prepare needs --output_dir")
