@@ -292,6 +292,11 @@ class DataSource:
         return _finish(ds.map(lambda images, labels: images), False)
 
 
+def _files_in_order(files: sources.ImageFiles, variant: str, batch_size: int) -> tf.data.Dataset:
+    size, _ = preprocess.geometry(variant)
+    return _FileSplit(files).batches(np.arange(len(files)), _positive("batch_size", batch_size), False, size)
+
+
 def image_folder_batches(folder: str, variant: str, *, max_images: int, batch_size: int = 32,
                          seed: int = 0) -> tf.data.Dataset:
     """Up to `max_images` images found anywhere under `folder` (a seeded sample), for int8
@@ -308,9 +313,7 @@ def image_folder_batches(folder: str, variant: str, *, max_images: int, batch_si
     files, _ = sources.validate_image_files(picked, np.zeros(len(picked), np.int32), where=folder)
     if not len(files):
         raise ValueError(f"{folder} holds no readable image ({', '.join(sources.IMAGE_EXTENSIONS)}).")
-    size, _ = preprocess.geometry(variant)
-    ds = _FileSplit(files).batches(np.arange(len(files)), _positive("batch_size", batch_size), False, size)
-    return _finish(ds.map(lambda images, labels: images), False)
+    return _finish(_files_in_order(files, variant, batch_size).map(lambda images, labels: images), False)
 
 
 def labelled_folder(data_dir: str, variant: str, class_names: list[str], *,
@@ -333,9 +336,7 @@ def labelled_folder(data_dir: str, variant: str, class_names: list[str], *,
     files, skipped = sources.validate_image_files(paths, labels, strict=strict, where=split_dir)
     if not len(files):
         raise ValueError(f"{split_dir} holds no readable image.")
-    size, _ = preprocess.geometry(variant)
-    ds = _FileSplit(files).batches(np.arange(len(files)), _positive("batch_size", batch_size), False, size)
-    return _finish(ds, False), skipped
+    return _finish(_files_in_order(files, variant, batch_size), False), skipped
 
 
 def load_data(dataset: str, data_dir: str | None, variant: str, *, seed: int = 0,
