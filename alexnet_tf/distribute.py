@@ -7,6 +7,8 @@ import os
 
 import tensorflow as tf
 
+from alexnet_tf import cpu_info
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -22,16 +24,12 @@ def split_cpu(n: int) -> None:
 
 
 def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16 flags).
+    """True when the kernels may multiply bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
 
-    Without these, oneDNN emulates bfloat16 and mixed precision is slower than float32.
+    Without these (or with `ONEDNN_MAX_CPU_ISA` capping them away), oneDNN emulates
+    bfloat16 and mixed precision is slower than float32.
     """
-    try:
-        with open(cpuinfo) as f:
-            words = set(f.read().split())
-    except OSError:  # not Linux, or no procfs: do not guess
-        return False
-    return bool(words & {"amx_bf16", "avx512_bf16"})
+    return cpu_info.detect(cpuinfo).bfloat16_units
 
 
 def resolve_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
@@ -48,6 +46,8 @@ def resolve_precision(name: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, s
     if name not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={name!r}")
     if name != "auto":
+        if name != "float32" and not tf.config.list_physical_devices("GPU"):
+            cpu_info.detect(cpuinfo).check_dtype(name.removeprefix("mixed_"))
         return name, "asked for"
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

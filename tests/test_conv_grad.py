@@ -7,6 +7,7 @@ import keras
 
 from alexnet_tf import build_alexnet
 from alexnet_tf.conv_grad import conv2d_matmul_filter_grad, switched_layers, use_matmul_filter_grad, wanted
+from helpers import needs_bfloat16_kernels
 
 
 def _grads(conv, x, kernel, weights):
@@ -70,6 +71,7 @@ def test_model_switches_only_the_deep_convs_and_keeps_its_gradients():
     assert model.get_config() == reference.get_config()
 
 
+@needs_bfloat16_kernels
 def test_bfloat16_kernel_gradients_as_close_to_float32_as_tf_own():
     # In bfloat16 both forms round; the matmul form must not be further from the float32
     # gradient than TF's bfloat16 kernel gradient is.

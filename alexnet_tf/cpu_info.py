@@ -1,0 +1,135 @@
+"""What the host CPU offers the convolution and matmul kernels: model name, ISA level, cores.
+
+The ISA level is the one oneDNN uses: the CPU's own (from /proc/cpuinfo's flags) unless
+`ONEDNN_MAX_CPU_ISA` caps it, which makes a Xeon with AMX compute like an AVX2 machine.
+Per-CPU choices (`--precision=auto`, the kernel-gradient form) read it from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+# Levels in increasing order; the keys are what the choices and benchmark records name.
+LEVELS = ("SSE4.1", "AVX", "AVX2", "AVX-512", "AMX")
+
+# Caps that keep oneDNN's float16 kernels (AVX512_CORE_FP16 and the AMX levels above it).
+_FLOAT16_CAPS = {"AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                 "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"}
+
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names) -> (level, may use bfloat16 dot products).
+_ONEDNN_CAPS = {
+    "SSE41": ("SSE4.1", False), "AVX": ("AVX", False), "AVX2": ("AVX2", False),
+    "AVX2_VNNI": ("AVX2", False), "AVX2_VNNI_2": ("AVX2", False),
+    "AVX512_CORE": ("AVX-512", False), "AVX512_CORE_VNNI": ("AVX-512", False),
+    "AVX512_CORE_BF16": ("AVX-512", True), "AVX512_CORE_FP16": ("AVX-512", True),
+    "AVX10_1_512": ("AVX-512", True),
+    "AVX512_CORE_AMX": ("AMX", True), "AVX10_1_512_AMX": ("AMX", True),
+    "AVX512_CORE_AMX_FP16": ("AMX", True), "AVX10_1_512_AMX_FP16": ("AMX", True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuInfo:
+    """The host CPU as the kernels see it.
+
+    Attributes:
+        model_name: /proc/cpuinfo's "model name" ("unknown" where there is none).
+        isa: the ISA level the kernels use, one of LEVELS ("unknown" without /proc/cpuinfo).
+        native_isa: the CPU's own level, before `ONEDNN_MAX_CPU_ISA`.
+        isa_cap: the value of `ONEDNN_MAX_CPU_ISA`, or None.
+        bfloat16_units: the kernels may multiply bfloat16 in hardware (AMX-BF16 or
+            AVX512-BF16, not capped away); without them oneDNN emulates bfloat16.
+        cores: the cores this process may run on.
+        capped_dtypes: the half-precision types ("bfloat16", "float16") that the cap takes
+            from oneDNN while TensorFlow, which reads the CPU and not the cap, still sends
+            their convolutions and matmuls to it: there they abort the process.
+    """
+    model_name: str
+    isa: str
+    native_isa: str
+    isa_cap: str | None
+    bfloat16_units: bool
+    cores: int
+    capped_dtypes: tuple = ()
+
+    def describe(self) -> str:
+        """One line for logs and benchmark headers, e.g. "AMD EPYC, AVX2 (AVX-512 capped), 2 cores"."""
+        isa = self.isa if self.isa == self.native_isa else f"{self.isa} ({self.native_isa} capped " \
+                                                            f"by ONEDNN_MAX_CPU_ISA={self.isa_cap})"
+        bf16 = ", bfloat16 units" if self.bfloat16_units else ""
+        return f"{self.model_name}, {isa}{bf16}, {self.cores} cores"
+
+    def record(self) -> dict:
+        """The fields of a benchmark record."""
+        return {"cpu": self.model_name, "isa": self.isa, "native_isa": self.native_isa,
+                "isa_cap": self.isa_cap, "bfloat16_units": self.bfloat16_units, "cores": self.cores}
+
+    def check_dtype(self, dtype: str) -> None:
+        """Raises ValueError (one line) when the cap leaves oneDNN no kernels for `dtype`."""
+        if dtype in self.capped_dtypes:
+            raise ValueError(f"ONEDNN_MAX_CPU_ISA={self.isa_cap} leaves oneDNN no {dtype} kernels on this "
+                             f"{self.native_isa} CPU, and TensorFlow would still send {dtype} ops to them; "
+                             f"unset ONEDNN_MAX_CPU_ISA or train in float32.")
+
+
+def _native_level(flags: set) -> str:
+    if {"amx_tile", "amx_bf16"} & flags and "avx512f" in flags:
+        return "AMX"
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        return "AVX-512"
+    if {"avx2", "fma"} <= flags:
+        return "AVX2"
+    if "avx" in flags:
+        return "AVX"
+    return "SSE4.1"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def detect(cpuinfo: str = "/proc/cpuinfo", environ=None) -> CpuInfo:
+    """Reads the CPU's model name and flags and applies `ONEDNN_MAX_CPU_ISA`.
+
+    Args:
+        cpuinfo: the file to read (a test passes its own).
+        environ: the environment to read the cap from (default: os.environ).
+
+    Returns:
+        A CpuInfo. Without a readable cpuinfo (not Linux) the ISA is "unknown" and no
+        bfloat16 units are assumed: per-CPU choices then fall back to float32 defaults.
+    """
+    environ = os.environ if environ is None else environ
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or "").strip().upper() or None
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return CpuInfo("unknown", "unknown", "unknown", cap, False, _cores())
+    model, flags = "unknown", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown":
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    native = _native_level(flags)
+    bf16 = bool({"amx_bf16", "avx512_bf16"} & flags)
+    isa, capped = native, []
+    if cap in _ONEDNN_CAPS:
+        level, cap_bf16 = _ONEDNN_CAPS[cap]
+        if LEVELS.index(level) < LEVELS.index(native):
+            isa = level
+        bf16 = bf16 and cap_bf16 and not (level != "AMX" and "avx512_bf16" not in flags)
+        # TensorFlow routes bfloat16 to oneDNN on any AVX-512 CPU, float16 where the CPU has
+        # AVX512-FP16; oneDNN needs AVX512_CORE for the one, AVX512_CORE_FP16 for the other.
+        if "avx512f" in flags and LEVELS.index(level) < LEVELS.index("AVX-512"):
+            capped.append("bfloat16")
+        if {"avx512_fp16", "amx_fp16"} & flags and cap not in _FLOAT16_CAPS:
+            capped.append("float16")
+    return CpuInfo(model, isa, native, cap, bf16, _cores(), tuple(capped))
