@@ -113,7 +113,8 @@ flags.DEFINE_string("output_dir", None, "Where `prepare` writes TFRecord shards.
 flags.DEFINE_integer("shards", 16, "TFRecord shards per split.", lower_bound=1)
 
 # benchmark
-flags.DEFINE_enum("what", "all", ["train", "input", "inference", "all"], "What to benchmark.")
+flags.DEFINE_enum("what", "all", ["train", "input", "inference", "all", "profile"],
+                  "What to benchmark; profile: op-level times of the train step (not in all).")
 flags.DEFINE_string("output", None, "JSON file for benchmark records.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per benchmark figure.", lower_bound=1)
 flags.DEFINE_integer("threads", 0, "TF intra-op threads for benchmarks (0: all cores).", lower_bound=0)
@@ -240,8 +241,10 @@ def benchmark(argv):
     import_tensorflow_quietly()
     from bench import run
     variants = (FLAGS.model,) if FLAGS["model"].present else run.VARIANTS
+    # Without --precision: float32 and what `auto` picks here (train's default is float32).
+    precision = FLAGS.precision if FLAGS["precision"].present else "auto"
     run.run(FLAGS.what, variants, data_dir=FLAGS.data_dir, reps=FLAGS.reps, batch=FLAGS.batch_size,
-            intra_threads=FLAGS.threads, output=FLAGS.output)
+            intra_threads=FLAGS.threads, precision=precision, output=FLAGS.output)
 
 
 def convert(argv):
@@ -383,7 +386,7 @@ COMMAND_FLAGS = {
                "calibration_steps", "checkpoint", "model_name"),
     "predict": ("artifact", "top_k"),
     "prepare": ("output_dir", "shards", "strict"),
-    "benchmark": ("what", "output", "batch_size", "reps", "threads"),
+    "benchmark": ("what", "output", "batch_size", "reps", "threads", "precision"),
     "convert": ("weights",),
 }
 # train flags whose TrainConfig field has another name (the rest map by name).

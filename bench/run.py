@@ -12,46 +12,54 @@ import platform
 import tensorflow as tf
 import keras
 
+from alexnet_tf import cpu_info
 from alexnet_tf.distribute import resolve_precision
 from bench import common
 
 VARIANTS = ("cifar", "owt", "paper")
+WHATS = ("train", "input", "inference", "all", "profile")
 
 
 def environment(threads: dict) -> dict:
     return {"what": "environment", "variant": None, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), "cores": os.cpu_count(), **threads,
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "python": platform.python_version(), **threads, "gpus": len(tf.config.list_physical_devices("GPU")),
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")}
 
 
 def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, reps: int = 5,
-        batch: int = 128, intra_threads: int = 0, output: str | None = None) -> list:
+        batch: int = 128, intra_threads: int = 0, precision: str = "auto",
+        output: str | None = None) -> list:
     """Runs the benchmarks.
 
     Args:
-        what: "train", "input", "inference" or "all".
+        what: "train", "input", "inference", "all" (the first three) or "profile" (op-level
+            times of the bare and the real train step, `bench.profile`).
         variants: model variants to measure.
         data_dir: a folder tree (DATA_DIR/{train,val}/<class>/*.jpg) for the data-fed
             train step and the input pipeline; those parts are skipped without it.
         reps: timed repetitions per figure (median reported).
         batch: training / throughput batch size.
         intra_threads: TF intra-op threads (0: TF's default, all cores).
+        precision: the train step's dtype policy; "auto" times float32 and, where it
+            differs, what `--precision=auto` picks on this machine.
         output: JSON file for the records.
 
     Returns:
         The records.
     """
-    if what not in ("train", "input", "inference", "all"):
-        raise ValueError(f"`what` must be train, input, inference or all. Received: what={what!r}")
+    if what not in WHATS:
+        raise ValueError(f"`what` must be one of {WHATS}. Received: what={what!r}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; expected some of {VARIANTS}.")
     if data_dir is not None and not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir={data_dir!r} is not a folder.")
     threads = common.set_threads(intra_threads)
+    cpu = cpu_info.detect()
     records = [environment(threads)]
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} cores, "
-          f"intra-op threads {threads['intra_op']}; medians of {reps} interleaved repetitions, warm-up excluded.")
+    print(f"CPU: {cpu.describe()}")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, intra-op threads {threads['intra_op']}; "
+          f"medians of {reps} interleaved repetitions, warm-up excluded.")
     peak = common.matmul_peak_gflops()
     records.append({"what": "matmul_peak", "variant": None, "gflops": peak})
     print(f"float32 matmul peak (4096^2): {peak:.1f} GFLOP/s\n")
@@ -62,9 +70,10 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
         if data_dir:
             from data_pipeline.pipeline import load_data
             sources = {v: load_data("folder", data_dir, v, seed=0, cache=(v == "cifar")) for v in variants}
-        # Also the precision `--precision=auto` picks here, when it is not float32.
-        auto, _ = resolve_precision("auto")
-        precisions = ("float32",) if auto == "float32" else ("float32", auto)
+        # "auto": float32 and, when it is not float32, what `--precision=auto` picks here.
+        chosen, _ = resolve_precision(precision)
+        precisions = ("float32",) if chosen == "float32" else \
+            ("float32", chosen) if precision == "auto" else (chosen,)
         part = []
         for variant in variants:
             part += train.measure(variant, batch=batch, reps=reps, source=sources.get(variant),
@@ -104,6 +113,18 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
             print(common.table(part, ["variant", "name", "images_per_second", "x_train_consumption"]) + "\n")
             records += part
 
+    if what == "profile":
+        from bench import train
+        chosen, _ = resolve_precision(precision)
+        for variant in variants:
+            part = train.profile(variant, batch=batch, precision=chosen, steps=reps)
+            for step in ("bare", "train_step"):
+                for by in ("type", "layer"):
+                    rows = [r for r in part if r["step"] == step and r["by"] == by]
+                    print(f"{variant}, {step} ({rows[0]['precision']}): op time per step by {by}")
+                    print(common.table(rows, ["group", "ms_per_step", "share"]) + "\n")
+            records += part
+
     if what in ("inference", "all"):
         from bench import inference_bench
         part = []
@@ -113,5 +134,7 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
         print(common.table(part, ["variant", "form", "batch", "latency_ms", "images_per_second"]) + "\n")
         records += part
 
+    for r in records:  # every record names the CPU it was measured on
+        r.update(cpu.record())
     common.emit(records, output)
     return records

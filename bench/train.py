@@ -67,6 +67,40 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32", filte
     return model, run
 
 
+def _synthetic_batch(variant: str, batch: int, num_classes: int):
+    """(uint8 images as stored, labels, the float centre crops the bare model takes)."""
+    stored, crop = preprocess.geometry(variant)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (batch, stored, stored, 3), dtype=np.uint8))
+    labels = tf.constant(rng.integers(0, num_classes, (batch,)), tf.int32)
+    return images, labels, preprocess.center_crop(tf.cast(images, tf.float32), crop)
+
+
+def profile(variant: str, batch: int = 128, num_classes: int | None = None, precision: str = "float32",
+            steps: int = 3, top: int = 12) -> list:
+    """Op-level time per step of the bare step and of the train command's step (`bench.profile`).
+
+    Returns:
+        `what="profile"` records: for each step ("bare", "train_step") and grouping
+        ("type", "layer"), the largest groups with their milliseconds per step.
+    """
+    from bench import profile as prof
+    num_classes = num_classes or (10 if variant == "cifar" else 1000)
+    images, labels, x = _synthetic_batch(variant, batch, num_classes)
+    bare_model = build_alexnet(variant, num_classes, seed=0, lrn_implementation="builtin")
+    bare = _bare_step(bare_model, keras.optimizers.SGD(0.01, momentum=0.9), x, labels)
+    _, real = _real_step(variant, num_classes, batch, "decomposed", False, precision)
+    layers = {layer.name for layer in bare_model.layers}
+    records = []
+    for step, fn in (("bare", bare), ("train_step", lambda: real(images, labels))):
+        times = prof.trace(fn, steps=steps)
+        for by in ("type", "layer"):
+            for row in prof.summarise(times, by=by, top=top, layers=layers):
+                records.append({"what": "profile", "variant": variant, "step": step, "by": by,
+                                "precision": "float32" if step == "bare" else precision, **row})
+    return records
+
+
 def _filter_grad(model) -> str:
     """"matmul" when `conv_grad.use_matmul_filter_grad` switched layers of the model, else "tf"."""
     return "matmul" if conv_grad.switched_layers(model) else "tf"
@@ -97,11 +131,7 @@ def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | No
         kernel gradients and a `what="filter_grad_speedup"` record.
     """
     num_classes = num_classes or (10 if variant == "cifar" else 1000)
-    stored, crop = preprocess.geometry(variant)
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (batch, stored, stored, 3), dtype=np.uint8))
-    labels = tf.constant(rng.integers(0, num_classes, (batch,)), tf.int32)
-    x = preprocess.center_crop(tf.cast(images, tf.float32), crop)
+    images, labels, x = _synthetic_batch(variant, batch, num_classes)
 
     bare_model = build_alexnet(variant, num_classes, seed=0, lrn_implementation="builtin")
     bare_opt = keras.optimizers.SGD(0.01, momentum=0.9)
