@@ -2,13 +2,16 @@
 
 The ISA level is the one oneDNN uses: the CPU's own (from /proc/cpuinfo's flags) unless
 `ONEDNN_MAX_CPU_ISA` caps it, which makes a Xeon with AMX compute like an AVX2 machine.
-Per-CPU choices (`--precision=auto`, the kernel-gradient form) read it from here.
+Per-CPU choices (`--precision=auto`, the kernel-gradient form, `--onednn=auto`) read it
+from here. This module does not import TensorFlow: `apply_onednn` must run before it loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import platform
+import sys
 
 # Levels in increasing order; the keys are what the choices and benchmark records name.
 LEVELS = ("SSE4.1", "AVX", "AVX2", "AVX-512", "AMX")
@@ -67,10 +70,116 @@ class CpuInfo:
 
     def check_dtype(self, dtype: str) -> None:
         """Raises ValueError (one line) when the cap leaves oneDNN no kernels for `dtype`."""
-        if dtype in self.capped_dtypes:
+        if dtype in self.capped_dtypes and onednn_enabled() is not False:
             raise ValueError(f"ONEDNN_MAX_CPU_ISA={self.isa_cap} leaves oneDNN no {dtype} kernels on this "
                              f"{self.native_isa} CPU, and TensorFlow would still send {dtype} ops to them; "
                              f"unset ONEDNN_MAX_CPU_ISA or train in float32.")
+
+
+# TensorFlow's Linux x86 wheels turn oneDNN on by default only on CPUs with one of these
+# (DefaultOneDnnPolicy in tensorflow/core/util/util.cc); on the others, AVX2-only CPUs and
+# AVX-512 ones without VNNI among them, its convolutions and matmuls run in Eigen.
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+ONEDNN_CHOICES = ("auto", "on", "off")
+_ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+_applied_reason = None  # why the running process has oneDNN on or off (apply_onednn)
+
+
+def choose_onednn(choice: str, cpuinfo: str = "/proc/cpuinfo", environ=None, machine: str | None = None,
+                  gpu_devices: tuple = ("/dev/nvidiactl", "/dev/kfd")) -> tuple[bool | None, str]:
+    """Whether TensorFlow should run with oneDNN, and why.
+
+    "auto" keeps an explicit TF_ENABLE_ONEDNN_OPTS and TensorFlow's default where that is
+    on, and turns oneDNN on for x86 CPUs where TensorFlow leaves it off: there float32
+    training is 1.7-1.9x faster with it (README, Performance). Hosts with a GPU keep
+    TensorFlow's default (the model runs on the GPU).
+
+    Returns:
+        (True/False, reason), or (None, reason) where TensorFlow's default stands.
+    """
+    if choice not in ONEDNN_CHOICES:
+        raise ValueError(f"`onednn` must be one of {ONEDNN_CHOICES}. Received: onednn={choice!r}")
+    if choice != "auto":
+        return choice == "on", f"--onednn={choice}"
+    environ = os.environ if environ is None else environ
+    raw = environ.get(_ONEDNN_ENV)
+    if raw is not None:
+        value = raw.strip().lower()
+        if value not in ("0", "1", "false", "true"):
+            raise ValueError(f"{_ONEDNN_ENV}={raw!r} is neither 0/1 nor false/true; unset it or use "
+                             f"--onednn=on or --onednn=off.")
+        return value in ("1", "true"), f"{_ONEDNN_ENV}={raw}"
+    flags = _read_flags(cpuinfo)
+    if set(ONEDNN_DEFAULT_FLAGS) & flags:
+        return None, "TensorFlow's default on CPUs with VNNI, AVX512-BF16 or AMX"
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
+        return None, "TensorFlow's default (not an x86 CPU)"
+    if any(os.path.exists(device) for device in gpu_devices):
+        return None, "TensorFlow's default (a GPU host)"
+    return True, ("auto: TensorFlow leaves it off on x86 CPUs without VNNI, AVX512-BF16 or AMX, "
+                  "where its float32 convolutions are faster with it")
+
+
+def apply_onednn(choice: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Sets TF_ENABLE_ONEDNN_OPTS for `choose_onednn(choice)`; returns the reason.
+
+    TensorFlow reads the variable once, when it loads: called after that, a choice that
+    differs from the running state is refused (ValueError).
+    """
+    global _applied_reason
+    enabled, reason = choose_onednn(choice, cpuinfo)
+    if "tensorflow" in sys.modules:
+        running = onednn_enabled()
+        if enabled is not None and running is not None and running != enabled:
+            raise ValueError(f"oneDNN is {'on' if running else 'off'} in this process, which loaded "
+                             f"TensorFlow already; set {_ONEDNN_ENV} before importing it.")
+    elif enabled is not None:
+        os.environ[_ONEDNN_ENV] = "1" if enabled else "0"
+    _applied_reason = reason
+    return reason
+
+
+def onednn_enabled() -> bool | None:
+    """Whether the loaded TensorFlow runs its CPU ops through oneDNN (None before it loads)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the probe
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn_description() -> str:
+    """"on" or "off" with the reason, for logs, e.g. "on (TF_ENABLE_ONEDNN_OPTS=1)"."""
+    enabled = onednn_enabled()
+    state = "unknown" if enabled is None else "on" if enabled else "off"
+    reason = _applied_reason or (f"{_ONEDNN_ENV}={os.environ[_ONEDNN_ENV]}" if _ONEDNN_ENV in os.environ
+                                 else "TensorFlow's default")
+    return f"{state} ({reason})"
+
+
+def _read_flags(cpuinfo: str) -> set:
+    read = _read_cpuinfo(cpuinfo)
+    return read[1] if read else set()
+
+
+def _read_cpuinfo(cpuinfo: str) -> tuple[str, set] | None:
+    """(model name, flags) of the first processor; None when the file cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return None
+    model, flags = "unknown", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown":
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
 
 
 def _native_level(flags: set) -> str:
@@ -105,19 +214,10 @@ def detect(cpuinfo: str = "/proc/cpuinfo", environ=None) -> CpuInfo:
     """
     environ = os.environ if environ is None else environ
     cap = (environ.get("ONEDNN_MAX_CPU_ISA") or "").strip().upper() or None
-    try:
-        with open(cpuinfo) as f:
-            text = f.read()
-    except OSError:
+    read = _read_cpuinfo(cpuinfo)
+    if read is None:
         return CpuInfo("unknown", "unknown", "unknown", cap, False, _cores())
-    model, flags = "unknown", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model == "unknown":
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
+    model, flags = read
     native = _native_level(flags)
     bf16 = bool({"amx_bf16", "avx512_bf16"} & flags)
     isa, capped = native, []

@@ -76,6 +76,7 @@ def test_capped_cpu_does_not_pick_bfloat16(tmp_path, monkeypatch):
 def test_a_cap_that_takes_the_half_types_away_refuses_them(tmp_path, monkeypatch):
     from alexnet_tf.distribute import resolve_precision
     path = _cpuinfo(tmp_path, XEON + " avx512_fp16")
+    monkeypatch.setattr(cpu_info, "onednn_enabled", lambda: True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # bfloat16 stays, float16 goes
     assert resolve_precision("mixed_bfloat16", path)[0] == "mixed_bfloat16"
     with pytest.raises(ValueError, match="ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 leaves oneDNN no float16"):
@@ -84,5 +85,67 @@ def test_a_cap_that_takes_the_half_types_away_refuses_them(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="no bfloat16 kernels"):
         resolve_precision("mixed_bfloat16", path)
     assert resolve_precision("float32", path)[0] == "float32"
+    monkeypatch.setattr(cpu_info, "onednn_enabled", lambda: False)  # Eigen kernels: nothing aborts
+    assert resolve_precision("mixed_bfloat16", path)[0] == "mixed_bfloat16"
     # A CPU without AVX-512: TensorFlow keeps half types off oneDNN, so nothing is refused.
     assert cpu_info.detect(_cpuinfo(tmp_path, AVX2), environ={"ONEDNN_MAX_CPU_ISA": "AVX"}).capped_dtypes == ()
+
+
+NO_GPU = ()  # device paths that exist on a GPU host: none in these cases
+
+
+@pytest.mark.parametrize("flags, environ, machine, expected", [
+    (AVX2, {}, "x86_64", True),                                     # TensorFlow leaves it off here
+    (AVX512, {}, "x86_64", True),                                   # AVX-512 without VNNI: off, too
+    (AVX512 + " avx512_vnni", {}, "x86_64", None),                  # TensorFlow's default: on
+    (XEON, {}, "x86_64", None),
+    (AVX2, {"TF_ENABLE_ONEDNN_OPTS": "0"}, "x86_64", False),        # the user's variable wins
+    (XEON, {"TF_ENABLE_ONEDNN_OPTS": "false"}, "x86_64", False),
+    (AVX2, {"TF_ENABLE_ONEDNN_OPTS": " 1 "}, "x86_64", True),
+    ("fp asimd", {}, "aarch64", None),                              # not x86: TensorFlow decides
+])
+def test_auto_onednn(tmp_path, flags, environ, machine, expected):
+    enabled, reason = cpu_info.choose_onednn("auto", _cpuinfo(tmp_path, flags), environ, machine, NO_GPU)
+    assert enabled is expected
+    assert ("TF_ENABLE_ONEDNN_OPTS" in reason) == bool(environ)
+
+
+def test_auto_onednn_keeps_the_default_on_a_gpu_host(tmp_path):
+    device = os.path.join(tmp_path, "nvidiactl")
+    open(device, "w").close()
+    assert cpu_info.choose_onednn("auto", _cpuinfo(tmp_path, AVX2), {}, "x86_64", (device,))[0] is None
+    assert cpu_info.choose_onednn("auto", _cpuinfo(tmp_path, AVX2), {}, "x86_64", (device + "-gone",))[0] is True
+
+
+def test_explicit_onednn_choice_overrides_the_environment(tmp_path):
+    path = _cpuinfo(tmp_path, XEON)
+    assert cpu_info.choose_onednn("off", path, {"TF_ENABLE_ONEDNN_OPTS": "1"}) == (False, "--onednn=off")
+    assert cpu_info.choose_onednn("on", path, {"TF_ENABLE_ONEDNN_OPTS": "0"}) == (True, "--onednn=on")
+    with pytest.raises(ValueError, match="TF_ENABLE_ONEDNN_OPTS='yes'"):
+        cpu_info.choose_onednn("auto", path, {"TF_ENABLE_ONEDNN_OPTS": "yes"})
+    with pytest.raises(ValueError, match="must be one of"):
+        cpu_info.choose_onednn("sometimes", path, {})
+
+
+@pytest.mark.parametrize("choice", ["on", "off"])
+def test_apply_onednn_sets_what_tensorflow_runs(choice):
+    """In a fresh process: the choice reaches TensorFlow, which reports it back."""
+    import subprocess
+    import sys
+    code = ("from alexnet_tf import cpu_info; cpu_info.apply_onednn(%r); import tensorflow; "
+            "print(cpu_info.onednn_enabled(), cpu_info.onednn_description())" % choice)
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(choice == "on"), choice, f"(--onednn={choice})"]
+
+
+def test_apply_onednn_after_tensorflow_loaded_refuses_a_change(tmp_path):
+    import tensorflow  # noqa: F401  (loaded by the suite already; oneDNN as conftest chose)
+    running = cpu_info.onednn_enabled()
+    assert running in (True, False)
+    assert cpu_info.apply_onednn("on" if running else "off") == f"--onednn={'on' if running else 'off'}"
+    with pytest.raises(ValueError, match="loaded TensorFlow already"):
+        cpu_info.apply_onednn("off" if running else "on")
