@@ -38,6 +38,10 @@ flags.DEFINE_enum("init", None, ["paper", "he", "glorot"], "Weight init (default
 flags.DEFINE_integer("groups", 1, "2 for the paper's two-tower connectivity.", lower_bound=1, upper_bound=2)
 flags.DEFINE_boolean("cache", False, "Keep decoded images in memory (datasets that fit).")
 flags.DEFINE_boolean("strict", False, "Stop before training when any image file is unreadable.")
+flags.DEFINE_enum("onednn", "auto", ["auto", "on", "off"],
+                  "TensorFlow's oneDNN CPU kernels; auto: TF_ENABLE_ONEDNN_OPTS if set, else on for "
+                  "x86 CPUs (TensorFlow leaves them off on CPUs without VNNI or AMX, where float32 "
+                  "training is slower without them), TensorFlow's default elsewhere.")
 
 # train
 flags.DEFINE_float("learning_rate", 0.01, "Initial learning rate (paper: 0.01).", lower_bound=0.0)
@@ -301,12 +305,14 @@ def filter_cpp_log(text: str, min_level: int) -> str:
 
 
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow and finds its devices with TF_CPP_MIN_LOG_LEVEL honoured.
+    """Imports TensorFlow, with --onednn applied, and finds its devices with TF_CPP_MIN_LOG_LEVEL honoured.
 
     TensorFlow's start-up lines (oneDNN notice, CUDA probing) are written by C++ logging
     before it reads TF_CPP_MIN_LOG_LEVEL, so stderr is caught at the file-descriptor
     level meanwhile and replayed through `filter_cpp_log`. On failure all of it is replayed.
     """
+    from alexnet_tf import cpu_info
+    cpu_info.apply_onednn(FLAGS.onednn)  # read once, when TensorFlow loads
     if "tensorflow" in sys.modules:
         return
     try:
@@ -373,6 +379,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
+# Set how the process runs rather than what a command does: in every command's help, in no config.
+PROCESS_FLAGS = ("onednn",)
 COMMAND_FLAGS = {
     "train": ("epochs", "batch_size", "steps_per_epoch", "num_classes", "synthetic_examples", "init",
               "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "label_smoothing",
@@ -411,7 +419,7 @@ def print_help(command: str | None) -> None:
             print(f"  {name:10s} {example}")
         return
     print(f"Usage: python main.py {command} [--flags]\n\nExample: {EXAMPLES[command]}\n")
-    for name in dict.fromkeys(COMMAND_FLAGS.get(command, ()) + SHARED_FLAGS):
+    for name in dict.fromkeys(COMMAND_FLAGS.get(command, ()) + SHARED_FLAGS + PROCESS_FLAGS):
         flag = FLAGS[name]
         print(f"  --{name}: {flag.help}\n      (default: {flag.default!r})")
 

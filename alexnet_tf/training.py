@@ -21,7 +21,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import conv_grad, rundir
+from alexnet_tf import conv_grad, cpu_info, rundir
 from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
@@ -386,7 +386,8 @@ def _train(config: TrainConfig) -> dict:
     source = _load_source(config, verbose=bool(config.verbose) and is_chief)
     num_classes = len(source.class_names)
     if config.verbose and is_chief:
-        print(f"Precision: {precision} ({why}); {replicas} replica(s) of {strategy.__class__.__name__}.")
+        print(f"Precision: {precision} ({why}); {replicas} replica(s) of {strategy.__class__.__name__}; "
+              f"oneDNN {cpu_info.onednn_description()}.")
 
     info = _run_info(config, source, num_classes, init)
     info_path = os.path.join(config.model_dir, rundir.RUN_INFO)

@@ -57,7 +57,7 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
     threads = common.set_threads(intra_threads)
     cpu = cpu_info.detect()
     records = [environment(threads)]
-    print(f"CPU: {cpu.describe()}")
+    print(f"CPU: {cpu.describe()}; oneDNN {cpu_info.onednn_description()}")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, intra-op threads {threads['intra_op']}; "
           f"medians of {reps} interleaved repetitions, warm-up excluded.")
     peak = common.matmul_peak_gflops()
@@ -135,6 +135,6 @@ def run(what: str = "all", variants=VARIANTS, *, data_dir: str | None = None, re
         records += part
 
     for r in records:  # every record names the CPU it was measured on
-        r.update(cpu.record())
+        r.update(cpu.record(), onednn=cpu_info.onednn_enabled())
     common.emit(records, output)
     return records

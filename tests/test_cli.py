@@ -44,6 +44,7 @@ ONE_LINE_USAGE_ERRORS = [
     (("prepare",), "needs --data_dir"),
     (("prepare", "--data_dir=x"), "needs --output_dir"),
     (("benchmark", "--what=everything"), "--what"),
+    (("evaluate", "--onednn=sometimes"), "--onednn"),
     (("benchmark", "extra"), "Unexpected arguments"),
     (("convert",), "needs --weights"),
     (("convert", "--weights=x.pth"), "needs --model_dir"),
@@ -66,12 +67,27 @@ def test_every_usage_error_is_one_line():
         assert lines[0].startswith("Error: ") and message in lines[0], (args, lines)
 
 
+def test_onednn_choice_reaches_tensorflow_and_the_log(tmp_path):
+    # --onednn beats the variable; the log reports what TensorFlow itself says it runs.
+    result = run_main("train", "--dataset=synthetic", "--num_classes=2", "--synthetic_examples=32",
+                      "--batch_size=16", "--epochs=1", "--steps_per_epoch=1", "--onednn=off",
+                      f"--model_dir={tmp_path / 'run'}", env=cli_env(TF_ENABLE_ONEDNN_OPTS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "oneDNN off (--onednn=off)" in result.stdout, result.stdout[-2000:]
+    # A value TensorFlow would not understand is one line, before anything runs.
+    result = run_main("train", f"--model_dir={tmp_path / 'bad'}", env=cli_env(TF_ENABLE_ONEDNN_OPTS="yes"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "TF_ENABLE_ONEDNN_OPTS='yes'" in lines[0], lines
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_help_lists_commands_and_flags():
     result = run_main("train", "--help")
     assert result.returncode == 0
     for flag in ("--model", "--dataset", "--data_dir", "--model_dir", "--epochs", "--batch_size",
-                 "--steps_per_epoch", "--seed"):
+                 "--steps_per_epoch", "--seed", "--onednn"):
         assert flag in result.stdout
+    assert "--onednn" in run_main("predict", "--help").stdout  # every command that loads TensorFlow
 
 
 def test_train_synthetic_loss_falls(tmp_path):
