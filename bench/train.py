@@ -15,9 +15,11 @@ import keras
 from alexnet_tf import build_alexnet, conv_grad, forward_flops
 from alexnet_tf.model import VARIANTS
 from alexnet_tf.layers import LocalResponseNormalization
-from alexnet_tf.training import make_replica_step
+from alexnet_tf.training import TrainConfig, make_replica_step
 from bench.common import median, time_calls
 from data_pipeline import preprocess
+
+TRAIN_LRN = TrainConfig.lrn_implementation  # the LRN form `train` uses by default
 
 
 def _bare_step(model, optimizer, x, y):
@@ -89,7 +91,7 @@ def profile(variant: str, batch: int = 128, num_classes: int | None = None, prec
     images, labels, x = _synthetic_batch(variant, batch, num_classes)
     bare_model = build_alexnet(variant, num_classes, seed=0, lrn_implementation="builtin")
     bare = _bare_step(bare_model, keras.optimizers.SGD(0.01, momentum=0.9), x, labels)
-    _, real = _real_step(variant, num_classes, batch, "decomposed", False, precision)
+    _, real = _real_step(variant, num_classes, batch, TRAIN_LRN, False, precision)
     layers = {layer.name for layer in bare_model.layers}
     records = []
     for step, fn in (("bare", bare), ("train_step", lambda: real(images, labels))):
@@ -107,7 +109,7 @@ def _filter_grad(model) -> str:
 
 
 def measure(variant: str, batch: int = 128, reps: int = 5, num_classes: int | None = None,
-            lrn: str = "decomposed", jit: bool = False, source=None, peak_gflops: float | None = None,
+            lrn: str = TRAIN_LRN, jit: bool = False, source=None, peak_gflops: float | None = None,
             precisions=("float32",)) -> list:
     """Images/second of the bare step and of the real train step, interleaved.
 
