@@ -77,7 +77,7 @@ flags.DEFINE_integer("cutout", 0, "Side of a square set to the image's mean colo
 flags.DEFINE_boolean("augment", True, "Training augmentation (off: the evaluation centre crop).")
 flags.DEFINE_float("dropout", 0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower_bound=0.0,
                    upper_bound=0.95)
-flags.DEFINE_enum("lrn_impl", "builtin", ["builtin", "decomposed"],
+flags.DEFINE_enum("lrn_impl", "fused", ["fused", "builtin", "decomposed"],
                   "How the LRN layers compute during training (same formula; see README).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
                      "--strategy=mirrored without GPUs.", lower_bound=0)

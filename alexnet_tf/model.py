@@ -99,7 +99,7 @@ def build_alexnet(variant: str = "paper", num_classes: int | None = None, *,
         init: "paper" (N(0, 0.01) weights, biases 1 in conv2/4/5 and fc6/7),
             "he" or "glorot". Defaults to the variant's `default_init`.
         dropout: rate of `dropout6` and `dropout7` (the paper's 0.5).
-        lrn_implementation: "builtin" or "decomposed" (see `LocalResponseNormalization`).
+        lrn_implementation: "fused", "builtin" or "decomposed" (see `LocalResponseNormalization`).
         mean, std: per-channel pixel statistics in [0, 255] used by the
             in-model normalisation; default to the variant's.
         seed: seed of the weight initialisers.

@@ -12,6 +12,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alexnet_tf import cpu_info  # noqa: E402
+
+cpu_info.apply_onednn("auto")  # as the commands do, before TensorFlow loads
+
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf.layers import IMPLEMENTATIONS, LocalResponseNormalization  # noqa: E402
@@ -25,6 +29,7 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
+    print(f"CPU: {cpu_info.detect().describe()}; oneDNN {cpu_info.onednn_description()}")
     print(f"intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
           f"of {os.cpu_count()} cores; batch {args.batch}; median of {args.reps}")
     for label, (h, w, c) in SHAPES.items():
@@ -37,7 +42,7 @@ def main():
             def fwd_bwd(x, layer=layer):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
-                    y = layer(x)
+                    y = layer(x, training=True)
                 return tape.gradient(y, x)
             fwd_bwd(x)
             fns[impl] = fwd_bwd

@@ -32,7 +32,7 @@ def test_matches_paper_formula(size, implementation):
     x = rng.uniform(-150, 300, size=(2, 4, 3, 9)).astype(np.float32)
     layer = LocalResponseNormalization(size=size, k=2.0, alpha=1e-4, beta=0.75,
                                        implementation=implementation)
-    got = np.asarray(layer(x))
+    got = np.asarray(layer(x, training=True))  # "fused" computes with its training kernel
     want = lrn_reference(x, size, 2.0, 1e-4, 0.75)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-4)
     # The normaliser really acts: the output is not the input.
@@ -44,7 +44,24 @@ def test_edge_channels_and_other_constants(implementation):
     rng = np.random.default_rng(0)
     x = rng.normal(0, 50, size=(1, 2, 2, 4)).astype(np.float32)  # fewer channels than the window
     layer = LocalResponseNormalization(size=7, k=1.0, alpha=3e-3, beta=0.5, implementation=implementation)
-    np.testing.assert_allclose(np.asarray(layer(x)), lrn_reference(x, 7, 1.0, 3e-3, 0.5), rtol=2e-5, atol=1e-4)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(layer(x, training=training)), lrn_reference(x, 7, 1.0, 3e-3, 0.5),
+                                   rtol=2e-5, atol=1e-4)
+
+
+def test_fused_lrn_runs_the_builtin_op_outside_training():
+    import tensorflow as tf
+
+    layer = LocalResponseNormalization(implementation="fused")
+    x = tf.zeros((1, 3, 3, 8))
+
+    def op_types(training):
+        graph = tf.function(lambda t: layer(t, training=training)).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+    # Exported (inference) graphs hold TF's LRN op, as the builtin form; training calls the
+    # XLA-compiled kernels instead.
+    assert "LRN" in op_types(False)
+    assert "LRN" not in op_types(True) and {"PartitionedCall", "StatefulPartitionedCall"} & op_types(True)
 
 
 def test_config_round_trip():
@@ -90,7 +107,7 @@ def test_float16_large_activations_do_not_overflow(implementation):
     # 300^2 * 5 = 450000 overflows float16 (max 65504) if the sum were taken in float16.
     x = np.full((1, 2, 2, 8), 300.0, np.float16)
     layer = LocalResponseNormalization(implementation=implementation, dtype="mixed_float16")
-    got = np.asarray(layer(x))
+    got = np.asarray(layer(x, training=True))
     assert got.dtype == np.float16
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got.astype(np.float64), lrn_reference(x, 5, 2.0, 1e-4, 0.75), rtol=2e-3)
