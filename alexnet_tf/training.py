@@ -26,6 +26,7 @@ from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
+from alexnet_tf.optimizer import FusedMomentumSGD
 from data_pipeline import preprocess
 
 CKPT_SUBDIR = "ckpt"
@@ -77,30 +78,13 @@ class TrainConfig:
     noise_std: float = 0.0
     pca_std: float = 0.1
     cutout: int = 0
-    lrn_implementation: str = "builtin"
+    lrn_implementation: str = "fused"
     augment: bool = True
     dropout: float = 0.5
     cpu_devices: int = 0
     init_from: str | None = None
     trainable_from: str | None = None
     verbose: int = 1
-
-
-def paper_gradients(grads, variables, weight_decay: float):
-    """Adds the paper's weight decay to the gradients of kernels (not biases).
-
-    With SGD momentum, v <- m*v - lr*g; w <- w + v, a gradient g = dL/dw + wd*w gives
-    exactly §5's v <- 0.9*v - 0.0005*lr*w - lr*dL/dw. Keras' `weight_decay=` would be
-    decoupled from the momentum instead.
-    """
-    if isinstance(weight_decay, (int, float)) and not weight_decay:
-        return list(grads)
-    return [g + tf.cast(weight_decay, g.dtype) * tf.cast(v, g.dtype)
-            if _is_decayed(v) else g for g, v in zip(grads, variables)]
-
-
-def _is_decayed(variable) -> bool:
-    return variable.path.endswith("kernel")
 
 
 class LearningRate:
@@ -417,7 +401,8 @@ def _train(config: TrainConfig) -> dict:
             switched = conv_grad.use_matmul_filter_grad(model)
             if switched and config.verbose and is_chief:
                 print(f"Kernel gradients of {', '.join(switched)} as bfloat16 matmuls (faster on CPUs).")
-        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+        optimizer = FusedMomentumSGD(learning_rate=config.learning_rate, momentum=config.momentum,
+                                     coupled_decay=config.weight_decay)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -448,8 +433,7 @@ def _train(config: TrainConfig) -> dict:
                   f"step {int(step_in_epoch.numpy())} of {steps_per_epoch}.")
 
     replica_step = make_replica_step(
-        model, optimizer, variant=config.model, global_batch=config.batch_size,
-        weight_decay=config.weight_decay, top_k=min(5, num_classes),
+        model, optimizer, variant=config.model, global_batch=config.batch_size, top_k=min(5, num_classes),
         label_smoothing=config.label_smoothing, augment=aug_config if config.augment else None,
         seed=config.seed, seed_offset=worker_index * (replicas // num_workers))
     compiled_step = tf.function(replica_step, jit_compile=_jit(config), reduce_retracing=True)
@@ -590,17 +574,17 @@ def _start_from(model, init: InitSource | None, class_names, config: TrainConfig
 
 
 def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
-                      weight_decay: float, top_k: int, label_smoothing: float = 0.0,
+                      top_k: int, label_smoothing: float = 0.0,
                       augment=None, seed: int = 0,
                       seed_offset: int = 0):
-    """The per-replica train step: augmentation, forward, loss, the paper's SGD update, metrics.
+    """The per-replica train step: augmentation, forward, loss, the SGD update, metrics.
 
     Args:
         model: the AlexNet being trained.
-        optimizer: a Keras SGD (or a LossScaleOptimizer around one).
+        optimizer: a `FusedMomentumSGD` (the paper's update and weight decay) or another
+            Keras optimizer, possibly inside a LossScaleOptimizer.
         variant: model variant (the eval crop when `augment` is None).
         global_batch: images per step over all replicas (the loss is their mean).
-        weight_decay: the paper's decay, added to the kernels' gradients.
         top_k: k of the top-k accuracy.
         label_smoothing: eps of the training loss's targets (1 - eps) * one_hot + eps / classes.
         augment: an `AugmentConfig`, or None for the deterministic centre crop.
@@ -619,7 +603,6 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
         @tf.function(jit_compile=True)
         def augment_fn(images, aug_seed):
             return augment_batch(images, aug_seed, augment)
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, labels, step):
         replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
@@ -642,14 +625,9 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        # Replicas' gradients are summed: each adds its share of the decay term. The
-        # gradients are of the (possibly loss-scaled) loss: the decay is scaled alike, and
-        # LossScaleOptimizer unscales and skips steps with non-finite gradients.
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        decay = weight_decay / replicas
-        if loss_scaled:
-            decay = decay * tf.cast(optimizer.dynamic_scale, tf.float32)
-        optimizer.apply_gradients(zip(paper_gradients(grads, variables, decay), variables))
+        # LossScaleOptimizer unscales and skips steps with non-finite gradients; the
+        # optimizer adds the weight decay to the replica-summed gradients.
+        optimizer.apply_gradients(zip(grads, variables))
         labels = tf.cast(labels, tf.int32)
         top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64))
         topk = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, top_k), tf.float64))

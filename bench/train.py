@@ -15,6 +15,7 @@ import keras
 from alexnet_tf import build_alexnet, conv_grad, forward_flops
 from alexnet_tf.model import VARIANTS
 from alexnet_tf.layers import LocalResponseNormalization
+from alexnet_tf.optimizer import FusedMomentumSGD
 from alexnet_tf.training import TrainConfig, make_replica_step
 from bench.common import median, time_calls
 from data_pipeline import preprocess
@@ -50,14 +51,14 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32", filte
         keras.mixed_precision.set_global_policy(policy)
     if filter_grad == "matmul" or (filter_grad == "auto" and conv_grad.wanted(precision)):
         conv_grad.use_matmul_filter_grad(model)  # as the train command does
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer = FusedMomentumSGD(0.01, momentum=0.9, coupled_decay=5e-4)  # as the train command
     optimizer.build(model.trainable_variables)
     # PCA jitter on with a plausible RGB eigen-decomposition; the real run estimates its own.
     aug = AugmentConfig.for_variant(variant, pca_std=0.1, pca_eigvals=(0.2175, 0.0188, 0.0045),
                                     pca_eigvecs=((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140),
                                                  (-0.5836, -0.6948, 0.4203)))
     inner = tf.function(make_replica_step(model, optimizer, variant=variant, global_batch=batch,
-                                          weight_decay=5e-4, top_k=min(5, num_classes), augment=aug),
+                                          top_k=min(5, num_classes), augment=aug),
                         jit_compile=jit)
     counter = {"step": 0}
 

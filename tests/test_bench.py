@@ -51,7 +51,7 @@ def test_measure_reports_every_step_in_each_precision():
         assert steps["train_step_no_lrn_mixed_bfloat16"]["filter_grad"] == "matmul"
     assert steps["train_step_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
     assert steps["train_step_no_lrn_mixed_bfloat16"]["precision"] == "mixed_bfloat16"
-    assert steps["train_step_no_lrn"]["lrn"] == "none" and steps["train_step"]["lrn"] == "builtin"  # what train runs
+    assert steps["train_step_no_lrn"]["lrn"] == "none" and steps["train_step"]["lrn"] == "fused"  # what train runs
     for precision, suffix in (("float32", ""), ("mixed_bfloat16", "_mixed_bfloat16")):
         want = 1 - steps["train_step" + suffix]["images_per_second"] / steps["train_step_no_lrn" + suffix]["images_per_second"]
         np.testing.assert_allclose(shares[precision], want, rtol=1e-9)

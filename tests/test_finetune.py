@@ -70,8 +70,7 @@ def _filter_gradients_in_step(trainable_from):
     import keras
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    step = make_replica_step(model, optimizer, variant="cifar", global_batch=4, weight_decay=5e-4,
-                             top_k=3)
+    step = make_replica_step(model, optimizer, variant="cifar", global_batch=4, top_k=3)
     strategy = tf.distribute.get_strategy()
     fn = tf.function(lambda x, y, s: strategy.run(step, args=(x, y, s)))
     graph = fn.get_concrete_function(tf.TensorSpec([4, 32, 32, 3], tf.uint8),

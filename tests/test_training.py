@@ -6,6 +6,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import build_alexnet
+from alexnet_tf.optimizer import FusedMomentumSGD
 from alexnet_tf.training import LearningRate, TrainConfig, make_replica_step
 
 
@@ -18,10 +19,9 @@ def data_loss(model, images, labels):
 def test_two_sgd_steps_follow_the_paper_update(lr):
     """v <- 0.9 v - 0.0005 lr w - lr dL/dw; w <- w + v (kernels decayed, biases not)."""
     model = build_alexnet("cifar", 3, seed=0, dropout=0.0)
-    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    optimizer = FusedMomentumSGD(learning_rate=lr, momentum=0.9, coupled_decay=5e-4)
     optimizer.build(model.trainable_variables)
-    step = tf.function(make_replica_step(model, optimizer, variant="cifar", global_batch=4,
-                                         weight_decay=5e-4, top_k=3))
+    step = tf.function(make_replica_step(model, optimizer, variant="cifar", global_batch=4, top_k=3))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0, 1, 2, 1], np.int32)
@@ -87,7 +87,7 @@ def test_label_smoothing_loss_matches_the_formula():
     optimizer = keras.optimizers.SGD(learning_rate=0.0, momentum=0.9)
     optimizer.build(model.trainable_variables)
     step = tf.function(make_replica_step(model, optimizer, variant="cifar", global_batch=4,
-                                         weight_decay=0.0, top_k=3, label_smoothing=0.2))
+                                         top_k=3, label_smoothing=0.2))
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0, 1, 2, 1], np.int32)
