@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import cli_env as env, main_command, read_weights
-FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=640",
+FLAGS = ["train", "--model=cifar", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=320",
          "--batch_size=16", "--epochs=2", "--deterministic", "--checkpoint_every_steps=5", "--seed=7",
          "--learning_rate=0.01", "--noise_std=2", "--cutout=4", "--ema_decay=0.9"]
 
@@ -47,15 +47,15 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc = subprocess.Popen(command(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     try:
         deadline = time.time() + 600
-        # Killed in the second epoch (40 steps each): the first epoch's log row must survive too.
-        while time.time() < deadline and not [s for s in checkpoint_steps(crashed) if s >= 45]:
+        # Killed in the second epoch (20 steps each): the first epoch's log row must survive too.
+        while time.time() < deadline and not [s for s in checkpoint_steps(crashed) if s >= 25]:
             time.sleep(0.05)
         time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     steps = checkpoint_steps(crashed)
-    assert steps and 40 < max(steps) < 80, f"the kill was not in the second epoch: {steps}"
+    assert steps and 20 < max(steps) < 40, f"the kill was not in the second epoch: {steps}"
 
     resumed = subprocess.run(command(crashed), capture_output=True, text=True, env=env(), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -71,13 +71,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     # The throughput counts the steps of both processes: epoch 1 whole (the killed process),
     # epoch 2 from the step it resumed at; each over its own training seconds.
-    resumed_at = int(re.search(r"epoch 2, step (\d+) of 40", resumed.stdout).group(1))
-    assert [int(row["train_images"]) for row in log] == [40 * 16, (40 - resumed_at) * 16]
+    resumed_at = int(re.search(r"epoch 2, step (\d+) of 20", resumed.stdout).group(1))
+    assert [int(row["train_images"]) for row in log] == [20 * 16, (20 - resumed_at) * 16]
     with open(os.path.join(crashed, "summary.json")) as f:
         summary = json.load(f)
     seconds = sum(float(row["train_seconds"]) for row in log)
-    assert summary["train_images"] == (80 - resumed_at) * 16
-    assert summary["images_per_second"] == pytest.approx((80 - resumed_at) * 16 / seconds, rel=1e-9)
+    assert summary["train_images"] == (40 - resumed_at) * 16
+    assert summary["images_per_second"] == pytest.approx((40 - resumed_at) * 16 / seconds, rel=1e-9)
 
 
 def test_refuses_to_resume_another_variant(tmp_path):
