@@ -51,7 +51,8 @@ def _real_step(variant, num_classes, batch, lrn, jit, precision="float32", filte
         keras.mixed_precision.set_global_policy(policy)
     if filter_grad == "matmul" or (filter_grad == "auto" and conv_grad.wanted(precision)):
         conv_grad.use_matmul_filter_grad(model)  # as the train command does
-    optimizer = FusedMomentumSGD(0.01, momentum=0.9, coupled_decay=5e-4)  # as the train command
+    optimizer = FusedMomentumSGD(TrainConfig.learning_rate, momentum=TrainConfig.momentum,
+                                 coupled_decay=TrainConfig.weight_decay)  # as the train command
     optimizer.build(model.trainable_variables)
     # PCA jitter on with a plausible RGB eigen-decomposition; the real run estimates its own.
     aug = AugmentConfig.for_variant(variant, pca_std=0.1, pca_eigvals=(0.2175, 0.0188, 0.0045),
