@@ -573,6 +573,26 @@ def _start_from(model, init: InitSource | None, class_names, config: TrainConfig
               f"trained from {config.trainable_from} on.")
 
 
+def split_normalization(model: keras.Model):
+    """The model after its `normalize` layer, and that layer's arithmetic as a function.
+
+    The augmenting train step normalises inside its XLA augmentation (one pass over the
+    pixels instead of the layer's two unfused ops) and runs the rest of the model on the
+    result. The trunk shares the model's layers and weights; the model itself, and
+    so every export, keeps its `normalize` layer. A model without one is returned whole.
+    """
+    try:
+        layer = model.get_layer("normalize")
+    except ValueError:
+        return model, lambda x: x
+    # The configured float statistics: under mixed precision the layer's own copies are rounded.
+    config = layer.get_config()
+    mean = np.asarray(layer.mean if config["mean"] is None else config["mean"], np.float32).reshape(-1)
+    var = np.asarray(layer.variance if config["variance"] is None else config["variance"], np.float32)
+    std = np.maximum(np.sqrt(var.reshape(-1)), keras.backend.epsilon())
+    return keras.Model(layer.output, model.output, name=f"{model.name}_trunk"), lambda x: (x - mean) / std
+
+
 def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
                       top_k: int, label_smoothing: float = 0.0,
                       augment=None, seed: int = 0,
@@ -595,14 +615,16 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
         `step(images_uint8, labels, step) -> float64 [4]`: summed loss, top-1 hits,
         top-k hits and image count of the replica's batch.
     """
+    net = model
     if augment is not None:
         from data_pipeline.augment import augment_batch
+        net, normalize = split_normalization(model)
 
         # XLA fuses the per-image gathers and colour arithmetic: ~8x faster than the plain
         # graph at the paper's 256->227 crops on a CPU. Inside an XLA train step it is inlined.
         @tf.function(jit_compile=True)
         def augment_fn(images, aug_seed):
-            return augment_batch(images, aug_seed, augment)
+            return normalize(augment_batch(images, aug_seed, augment))
 
     def replica_step(images, labels, step):
         replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
@@ -615,7 +637,7 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
         # Only the trainable variables are watched, so frozen layers record no gradient ops.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([v.value for v in variables])
-            logits = tf.cast(model(x, training=True), tf.float32)
+            logits = tf.cast(net(x, training=True), tf.float32)
             if label_smoothing:
                 targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
                 per_example = keras.losses.categorical_crossentropy(

@@ -100,3 +100,28 @@ def test_label_smoothing_loss_matches_the_formula():
     np.testing.assert_allclose(sums[0], want.sum(), rtol=1e-5)
     # Smoothing changes the loss: plain cross-entropy differs.
     assert abs(want.sum() - (-log_p[np.arange(4), labels]).sum()) > 1e-3
+
+
+def test_the_augmented_step_feeds_the_model_the_augmented_pixels():
+    """The step normalises inside its augmentation and runs the model past `normalize`:
+    its loss equals the whole model's on `augment_batch`'s pixels with the same seed."""
+    from data_pipeline.augment import AugmentConfig, augment_batch
+    model = build_alexnet("cifar", 3, seed=0, dropout=0.0, mean=(100.0, 120.0, 140.0), std=(50.0, 60.0, 70.0))
+    optimizer = keras.optimizers.SGD(learning_rate=0.0)
+    optimizer.build(model.trainable_variables)
+    augment = AugmentConfig(crop_size=32, pad=4, flip=True, noise_std=5.0)
+    step = tf.function(make_replica_step(model, optimizer, variant="cifar", global_batch=4, top_k=3,
+                                         augment=augment, seed=7, seed_offset=2))
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 1], np.int32)
+    for s in (0, 5):
+        pixels = augment_batch(images, tf.constant([7 * 1000003 + 2, s], tf.int64), augment)
+        want = data_loss(model, pixels, labels).numpy() * 4
+        got = step(images, labels, tf.constant(s, tf.int64)).numpy()[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # The draws depend on the step: another step's pixels give another loss.
+    other = augment_batch(images, tf.constant([7 * 1000003 + 2, 1], tf.int64), augment)
+    assert abs(data_loss(model, other, labels).numpy() * 4 - got) > 1e-4
+    # The model itself still takes raw pixels: its first layer is still `normalize`.
+    assert [layer.name for layer in model.layers[:2]] == ["images", "normalize"]
