@@ -2,6 +2,8 @@
 
 The ISA level is the one oneDNN uses: the CPU's own (from /proc/cpuinfo's flags) unless
 `ONEDNN_MAX_CPU_ISA` caps it, which makes a Xeon with AMX compute like an AVX2 machine.
+XLA's code (the augmentation, the fused LRN and SGD) has its own cap, `--xla_cpu_max_isa`
+in `XLA_FLAGS`, which is recorded beside it.
 Per-CPU choices (`--precision=auto`, the kernel-gradient form, `--onednn=auto`) read it
 from here. This module does not import TensorFlow: `apply_onednn` must run before it loads.
 """
@@ -44,6 +46,7 @@ class CpuInfo:
         bfloat16_units: the kernels may multiply bfloat16 in hardware (AMX-BF16 or
             AVX512-BF16, not capped away); without them oneDNN emulates bfloat16.
         cores: the cores this process may run on.
+        xla_isa_cap: the value of `--xla_cpu_max_isa` in `XLA_FLAGS`, or None.
         capped_dtypes: the half-precision types ("bfloat16", "float16") that the cap takes
             from oneDNN while TensorFlow, which reads the CPU and not the cap, still sends
             their convolutions and matmuls to it: there they abort the process.
@@ -55,18 +58,21 @@ class CpuInfo:
     bfloat16_units: bool
     cores: int
     capped_dtypes: tuple = ()
+    xla_isa_cap: str | None = None
 
     def describe(self) -> str:
         """One line for logs and benchmark headers, e.g. "AMD EPYC, AVX2 (AVX-512 capped), 2 cores"."""
         isa = self.isa if self.isa == self.native_isa else f"{self.isa} ({self.native_isa} capped " \
                                                             f"by ONEDNN_MAX_CPU_ISA={self.isa_cap})"
         bf16 = ", bfloat16 units" if self.bfloat16_units else ""
-        return f"{self.model_name}, {isa}{bf16}, {self.cores} cores"
+        xla = f", XLA code capped at {self.xla_isa_cap}" if self.xla_isa_cap else ""
+        return f"{self.model_name}, {isa}{bf16}, {self.cores} cores{xla}"
 
     def record(self) -> dict:
         """The fields of a benchmark record."""
         return {"cpu": self.model_name, "isa": self.isa, "native_isa": self.native_isa,
-                "isa_cap": self.isa_cap, "bfloat16_units": self.bfloat16_units, "cores": self.cores}
+                "isa_cap": self.isa_cap, "xla_isa_cap": self.xla_isa_cap,
+                "bfloat16_units": self.bfloat16_units, "cores": self.cores}
 
     def check_dtype(self, dtype: str) -> None:
         """Raises ValueError (one line) when the cap leaves oneDNN no kernels for `dtype`."""
@@ -194,6 +200,16 @@ def _native_level(flags: set) -> str:
     return "SSE4.1"
 
 
+def _xla_cap(xla_flags: str) -> str | None:
+    """The last `--xla_cpu_max_isa=VALUE` of an XLA_FLAGS string, upper-cased; None without one."""
+    value = None
+    for flag in xla_flags.split():
+        name, _, rest = flag.partition("=")
+        if name.lstrip("-") == "xla_cpu_max_isa" and rest:
+            value = rest.strip().upper()
+    return value
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -202,11 +218,11 @@ def _cores() -> int:
 
 
 def detect(cpuinfo: str = "/proc/cpuinfo", environ=None) -> CpuInfo:
-    """Reads the CPU's model name and flags and applies `ONEDNN_MAX_CPU_ISA`.
+    """Reads the CPU's model name and flags and applies `ONEDNN_MAX_CPU_ISA` (and notes XLA's cap).
 
     Args:
         cpuinfo: the file to read (a test passes its own).
-        environ: the environment to read the cap from (default: os.environ).
+        environ: the environment to read the caps from (default: os.environ).
 
     Returns:
         A CpuInfo. Without a readable cpuinfo (not Linux) the ISA is "unknown" and no
@@ -214,9 +230,10 @@ def detect(cpuinfo: str = "/proc/cpuinfo", environ=None) -> CpuInfo:
     """
     environ = os.environ if environ is None else environ
     cap = (environ.get("ONEDNN_MAX_CPU_ISA") or "").strip().upper() or None
+    xla_cap = _xla_cap(environ.get("XLA_FLAGS", ""))
     read = _read_cpuinfo(cpuinfo)
     if read is None:
-        return CpuInfo("unknown", "unknown", "unknown", cap, False, _cores())
+        return CpuInfo("unknown", "unknown", "unknown", cap, False, _cores(), xla_isa_cap=xla_cap)
     model, flags = read
     native = _native_level(flags)
     bf16 = bool({"amx_bf16", "avx512_bf16"} & flags)
@@ -232,4 +249,4 @@ def detect(cpuinfo: str = "/proc/cpuinfo", environ=None) -> CpuInfo:
             capped.append("bfloat16")
         if {"avx512_fp16", "amx_fp16"} & flags and cap not in _FLOAT16_CAPS:
             capped.append("float16")
-    return CpuInfo(model, isa, native, cap, bf16, _cores(), tuple(capped))
+    return CpuInfo(model, isa, native, cap, bf16, _cores(), tuple(capped), xla_cap)

@@ -149,3 +149,17 @@ def test_apply_onednn_after_tensorflow_loaded_refuses_a_change(tmp_path):
     assert cpu_info.apply_onednn("on" if running else "off") == f"--onednn={'on' if running else 'off'}"
     with pytest.raises(ValueError, match="loaded TensorFlow already"):
         cpu_info.apply_onednn("off" if running else "on")
+
+
+@pytest.mark.parametrize("xla_flags, cap", [
+    ("", None),
+    ("--xla_cpu_max_isa=AVX2", "AVX2"),
+    ("--xla_dump_to=/tmp/x  --xla_cpu_max_isa=avx512", "AVX512"),
+    ("--xla_cpu_max_isa=SSE4_2 --xla_cpu_max_isa=AVX2", "AVX2"),  # the last one wins
+    ("--xla_cpu_max_isa_other=AVX2", None),
+])
+def test_xla_cap_is_recorded_beside_the_onednn_one(tmp_path, xla_flags, cap):
+    info = cpu_info.detect(_cpuinfo(tmp_path, XEON), environ={"XLA_FLAGS": xla_flags})
+    assert info.xla_isa_cap == cap and info.record()["xla_isa_cap"] == cap
+    assert ("XLA code capped at" in info.describe()) == (cap is not None)
+    assert info.isa == "AMX"  # oneDNN's level is its own cap's business
