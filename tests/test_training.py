@@ -125,3 +125,13 @@ def test_the_augmented_step_feeds_the_model_the_augmented_pixels():
     assert abs(data_loss(model, other, labels).numpy() * 4 - got) > 1e-4
     # The model itself still takes raw pixels: its first layer is still `normalize`.
     assert [layer.name for layer in model.layers[:2]] == ["images", "normalize"]
+
+
+def test_a_model_without_a_normalize_layer_is_trained_whole():
+    from alexnet_tf.training import split_normalization
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    net, normalize = split_normalization(model)
+    x = tf.random.uniform((2, 4, 4, 3), 0, 255)
+    assert net is model
+    np.testing.assert_array_equal(normalize(x).numpy(), x.numpy())
