@@ -4,9 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TRAIN_FLAGS ?= --model=cifar --dataset=cifar10 --model_dir=runs/cifar10 --epochs=24 \
-	--learning_rate=0.04 --lr_schedule=cosine --warmup_epochs=2 --label_smoothing=0.1 \
-	--ema_decay=0.998 --precision=auto
+TRAIN_FLAGS ?= --recipe=cifar10 --model_dir=runs/cifar10
 
 .PHONY: setup train test test-slow clean
 

@@ -16,93 +16,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from alexnet_tf import config as cfg  # noqa: E402  (no TensorFlow)
+
 FLAGS = flags.FLAGS
 
-# Shared by several commands.
-flags.DEFINE_enum("model", "cifar", ["paper", "owt", "cifar"], "AlexNet variant.")
-flags.DEFINE_enum("dataset", "cifar10", ["cifar10", "folder", "tfrecord", "synthetic"],
-                  "Data source (see README).")
-flags.DEFINE_string("data_dir", None, "Where the dataset lives (folder tree, TFRecord shards, "
-                    "or CIFAR-10 python batches).")
-flags.DEFINE_string("model_dir", None, "A run's folder: checkpoints, logs, summary. "
-                    "Default for train: runs/<model>-<dataset>.")
-flags.DEFINE_integer("epochs", 30, "Training epochs.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
-flags.DEFINE_integer("steps_per_epoch", 0, "Cap on the steps of an epoch (0: a full pass). "
-                     "For smoke runs.", lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
-flags.DEFINE_integer("num_classes", 10, "Class count of --dataset=synthetic.", lower_bound=2)
-flags.DEFINE_integer("synthetic_examples", 1024, "Training examples of --dataset=synthetic.",
-                     lower_bound=1)
-flags.DEFINE_enum("init", None, ["paper", "he", "glorot"], "Weight init (default: the variant's).")
-flags.DEFINE_integer("groups", 1, "2 for the paper's two-tower connectivity.", lower_bound=1, upper_bound=2)
-flags.DEFINE_boolean("cache", False, "Keep decoded images in memory (datasets that fit).")
-flags.DEFINE_boolean("strict", False, "Stop before training when any image file is unreadable.")
-flags.DEFINE_enum("onednn", "auto", ["auto", "on", "off"],
+
+def _define_train_flags() -> None:
+    """One flag per `TrainConfig` field, with the field's default, help, bounds and choices."""
+    for f in cfg.train_flags():
+        if f.choices:
+            flags.DEFINE_enum(f.name, f.default, list(f.choices), f.help)
+        elif f.kind is bool:
+            flags.DEFINE_boolean(f.name, f.default, f.help)
+        elif f.kind is int:
+            flags.DEFINE_integer(f.name, f.default, f.help, lower_bound=f.lower, upper_bound=f.upper)
+        elif f.kind is float:
+            flags.DEFINE_float(f.name, f.default, f.help, lower_bound=f.lower, upper_bound=f.upper)
+        else:
+            flags.DEFINE_string(f.name, f.default, f.help)
+
+
+_define_train_flags()
+flags.DEFINE_enum("onednn", "auto", list(cfg.ONEDNN_CHOICES),
                   "TensorFlow's oneDNN CPU kernels; auto: TF_ENABLE_ONEDNN_OPTS if set, else on for "
                   "x86 CPUs (TensorFlow leaves them off on CPUs without VNNI or AMX, where float32 "
                   "training is slower without them), TensorFlow's default elsewhere.")
-
-# train
-flags.DEFINE_float("learning_rate", 0.01, "Initial learning rate (paper: 0.01).", lower_bound=0.0)
-flags.DEFINE_float("momentum", 0.9, "SGD momentum (paper: 0.9).", lower_bound=0.0)
-flags.DEFINE_float("weight_decay", 5e-4, "Paper weight decay inside the momentum update.",
-                   lower_bound=0.0)
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss (paper: 0).",
-                   lower_bound=0.0, upper_bound=0.99)
-flags.DEFINE_float("ema_decay", 0.0, "Evaluate, save and export an exponential moving average of "
-                   "the weights with this decay per step, e.g. 0.998 (0: off, the paper's weights).",
-                   lower_bound=0.0, upper_bound=0.99999)
-flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step", "cosine"],
-                  "plateau: divide by 10 when val error stops improving (paper, at most 3 times).")
-flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up (step and cosine).", lower_bound=0.0)
-flags.DEFINE_enum("precision", "float32", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-                  "Compute precision; auto: bfloat16 on CPUs with bfloat16 units and on GPUs of "
-                  "compute capability 8.0+, float16 on 7.x, else float32.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
-                  "XLA for the train step; auto: on for GPUs, off on CPUs (measured slower there).")
-flags.DEFINE_boolean("deterministic", False, "Op determinism: bit-identical reruns.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy.")
-flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: per epoch only).",
-                     lower_bound=0)
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept besides the best.", lower_bound=1)
-flags.DEFINE_boolean("flip", True, "Random horizontal flips.")
-flags.DEFINE_float("noise_std", 0.0, "Std of additive Gaussian pixel noise (0-255 scale).",
-                   lower_bound=0.0)
-flags.DEFINE_float("pca_std", 0.1, "Std of the paper's PCA colour jitter alphas (0: off).",
-                   lower_bound=0.0)
-flags.DEFINE_integer("cutout", 0, "Side of a square set to the image's mean colour at a random "
-                     "place in each training image (0: off; not in the paper).", lower_bound=0)
-flags.DEFINE_boolean("augment", True, "Training augmentation (off: the evaluation centre crop).")
-flags.DEFINE_float("dropout", 0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower_bound=0.0,
-                   upper_bound=0.95)
-flags.DEFINE_enum("lrn_impl", "fused", ["fused", "builtin", "decomposed"],
-                  "How the LRN layers compute during training (same formula; see README).")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
-                     "--strategy=mirrored without GPUs.", lower_bound=0)
-flags.DEFINE_string("init_from", None, "Start from the weights of a run folder (a trained or "
-                    "converted run: its best weights) or of a .weights.h5 file in one; fc8 is new "
-                    "when the classes differ. The variant comes from that run.")
-flags.DEFINE_enum("trainable_from", None, ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
-                                           "fc8"],
-                  "Freeze every layer before this one (default: train all).")
 
 # convert
 flags.DEFINE_string("weights", None, "A torchvision AlexNet state dict (.pth), e.g. "
                     "alexnet-owt-7be5be79.pth; either PyTorch file format.")
 
 # evaluate
-flags.DEFINE_enum("tta", "none", ["none", "10crop"], "Test-time augmentation.")
-flags.DEFINE_enum("split", "val", ["train", "val"], "Split to evaluate.")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which weights of the run.")
+flags.DEFINE_enum("tta", "none", list(cfg.TTA_MODES), "Test-time augmentation.")
+flags.DEFINE_enum("split", "val", list(cfg.SPLITS), "Split to evaluate.")
+flags.DEFINE_enum("checkpoint", "best", list(cfg.CHECKPOINTS), "Which weights of the run.")
 
 # export
-flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite", "all"], "Export format.")
+flags.DEFINE_enum("format", "saved_model", list(cfg.EXPORT_FORMATS), "Export format.")
 flags.DEFINE_string("export_dir", None, "Export destination (default: MODEL_DIR/export).")
 flags.DEFINE_integer("version", None, "SavedModel version (default: next free).", lower_bound=1)
-flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "TFLite quantization.")
-flags.DEFINE_enum("lrn", "builtin", ["builtin", "decomposed"], "TFLite form of the LRN layers.")
+flags.DEFINE_enum("quantize", "none", list(cfg.QUANTIZATIONS), "TFLite quantization.")
+flags.DEFINE_enum("lrn", "builtin", list(cfg.TFLITE_LRN_FORMS), "TFLite form of the LRN layers.")
 flags.DEFINE_integer("tflite_batch", 1, "Static batch of the TFLite model.", lower_bound=1)
 flags.DEFINE_integer("calibration_steps", 100, "int8 calibration images.", lower_bound=1)
 flags.DEFINE_string("model_name", None, "Served model name / TFLite file prefix "
@@ -117,7 +71,7 @@ flags.DEFINE_string("output_dir", None, "Where `prepare` writes TFRecord shards.
 flags.DEFINE_integer("shards", 16, "TFRecord shards per split.", lower_bound=1)
 
 # benchmark
-flags.DEFINE_enum("what", "all", ["train", "input", "inference", "all", "profile"],
+flags.DEFINE_enum("what", "all", list(cfg.BENCHMARKS),
                   "What to benchmark; profile: op-level times of the train step (not in all).")
 flags.DEFINE_string("output", None, "JSON file for benchmark records.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per benchmark figure.", lower_bound=1)
@@ -131,15 +85,35 @@ def _no_args(argv):
 
 def train(argv):
     _no_args(argv)
+    config = train_config()
     import_tensorflow_quietly()
     from alexnet_tf import training
-    model_dir = FLAGS.model_dir or os.path.join("runs", f"{FLAGS.model}-{FLAGS.dataset}")
-    values = {TRAIN_FIELDS.get(name, name): FLAGS[name].value
-              for name in SHARED_FLAGS + COMMAND_FLAGS["train"]}
-    values["model_dir"] = model_dir
-    if FLAGS.init_from and not FLAGS["model"].present:
-        values["model"] = None  # the variant of the run it starts from
-    training.train(training.TrainConfig(**values))
+    training.train(config)
+
+
+def train_config() -> cfg.TrainConfig:
+    """The train settings: --recipe's values (or the defaults) with the flags given on top."""
+    given = {f.field: FLAGS[f.name].value for f in cfg.train_flags()
+             if FLAGS[f.name].present and f.field != "recipe"}
+    recipe = FLAGS.recipe
+    for needed in cfg.RECIPE_NEEDS.get(recipe, ()):
+        if needed not in given:
+            raise app.UsageError(f"--recipe={recipe} needs --{needed}.")
+    if given.get("init_from") and "model" not in given and "model" not in cfg.RECIPES.get(recipe, {}):
+        given["model"] = None  # the variant of the run it starts from
+    return cfg.recipe_config(recipe, **given)
+
+
+def recipes(argv):
+    """Lists the named train recipes and the settings each one sets."""
+    _no_args(argv)
+    for name, values in cfg.RECIPES.items():
+        print(f"{name}: {cfg.RECIPE_HELP[name]}")
+        print("  " + " ".join(f"--{_flag_name(k)}={v}" for k, v in values.items()))
+
+
+def _flag_name(field: str) -> str:
+    return next(f.name for f in cfg.train_flags() if f.field == field)
 
 
 def evaluate(argv):
@@ -274,6 +248,7 @@ COMMANDS = {
     "prepare": prepare,
     "benchmark": benchmark,
     "convert": convert,
+    "recipes": recipes,
 }
 
 
@@ -355,6 +330,7 @@ def _dispatch(argv):
     command = COMMANDS.get(argv[1])
     if command is None:
         raise app.UsageError(f"Unknown command {argv[1]!r}; expected one of: {', '.join(COMMANDS)}")
+    _check_flags(argv[1])
     try:  # each command checks its flags, then imports TensorFlow (import_tensorflow_quietly)
         command(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
@@ -378,40 +354,53 @@ def parse_flags(argv: list[str]) -> list[str]:
         _exit_with_error(f"{e} (python main.py {command} --help lists the flags)")
 
 
-SHARED_FLAGS = ("model", "dataset", "data_dir", "model_dir", "seed")
-# Set how the process runs rather than what a command does: in every command's help, in no config.
+# Set how the process runs rather than what a command does: taken by every command.
 PROCESS_FLAGS = ("onednn",)
+# The flags each command takes; any other flag of this file is a usage error there.
 COMMAND_FLAGS = {
-    "train": ("epochs", "batch_size", "steps_per_epoch", "num_classes", "synthetic_examples", "init",
-              "groups", "cache", "strict", "learning_rate", "momentum", "weight_decay", "label_smoothing",
-              "ema_decay", "lr_schedule",
-              "warmup_epochs", "precision", "jit_compile", "deterministic", "strategy",
-              "checkpoint_every_steps", "keep_checkpoints", "flip", "noise_std", "pca_std",
-              "cutout", "augment", "dropout", "lrn_impl", "cpu_devices", "init_from",
-              "trainable_from"),
-    "evaluate": ("tta", "split", "checkpoint", "batch_size"),
-    "export": ("format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
-               "calibration_steps", "checkpoint", "model_name"),
+    "train": tuple(f.name for f in cfg.train_flags()),
+    "evaluate": ("model_dir", "dataset", "data_dir", "batch_size", "tta", "split", "checkpoint"),
+    "export": ("model_dir", "format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
+               "calibration_steps", "checkpoint", "model_name", "dataset", "data_dir"),
     "predict": ("artifact", "top_k"),
-    "prepare": ("output_dir", "shards", "strict"),
-    "benchmark": ("what", "output", "batch_size", "reps", "threads", "precision"),
-    "convert": ("weights",),
+    "prepare": ("data_dir", "output_dir", "shards", "strict"),
+    "benchmark": ("model", "data_dir", "what", "output", "batch_size", "reps", "threads", "precision"),
+    "convert": ("weights", "model_dir"),
+    "recipes": (),
 }
-# train flags whose TrainConfig field has another name (the rest map by name).
-TRAIN_FIELDS = {"lrn_impl": "lrn_implementation"}
+
+
+def command_flags(command: str) -> tuple[str, ...]:
+    """The flags (without dashes) that `command` takes."""
+    return COMMAND_FLAGS[command] + PROCESS_FLAGS
+
+
+def _check_flags(command: str) -> None:
+    """A flag of this CLI given to a command that does not take it is a usage error."""
+    ours = set(PROCESS_FLAGS).union(*COMMAND_FLAGS.values())
+    wrong = [name for name in sorted(ours) if FLAGS[name].present and name not in command_flags(command)]
+    if wrong:
+        listed = ", ".join(f"--{name}" for name in wrong)
+        raise app.UsageError(f"{listed} {'does' if len(wrong) == 1 else 'do'} not apply to `{command}`")
+
+
 EXAMPLES = {
-    "train": "python main.py train --model=cifar --dataset=cifar10 --model_dir=runs/cifar10",
+    "train": "python main.py train --recipe=cifar10 --model_dir=runs/cifar10",
     "evaluate": "python main.py evaluate --model_dir=runs/cifar10 --tta=10crop",
     "export": "python main.py export --model_dir=runs/cifar10 --format=all",
     "predict": "python main.py predict --artifact=runs/cifar10/export/alexnet_cifar/1 cat.jpg",
     "prepare": "python main.py prepare --data_dir=images/ --output_dir=shards/ --shards=16",
     "benchmark": "python main.py benchmark --what=train --model=cifar",
     "convert": "python main.py convert --weights=alexnet-owt-7be5be79.pth --model_dir=runs/imagenet",
+    "recipes": "python main.py recipes",
 }
 
 
-def print_help(command: str | None) -> None:
-    """`python main.py [COMMAND] --help`: the commands, or one command's flags."""
+def print_help(command: str | None, recipe: str | None = None) -> None:
+    """`python main.py [COMMAND] --help`: the commands, or one command's flags.
+
+    With `train --recipe=NAME --help`, the defaults shown are the recipe's.
+    """
     if command not in COMMANDS:
         print(__doc__)
         print("Usage: python main.py COMMAND [--flags]    (python main.py COMMAND --help for its flags)\n")
@@ -419,14 +408,26 @@ def print_help(command: str | None) -> None:
             print(f"  {name:10s} {example}")
         return
     print(f"Usage: python main.py {command} [--flags]\n\nExample: {EXAMPLES[command]}\n")
-    for name in dict.fromkeys(COMMAND_FLAGS.get(command, ()) + SHARED_FLAGS + PROCESS_FLAGS):
+    values = {}
+    if command == "train" and recipe in cfg.RECIPES:
+        values = {_flag_name(k): v for k, v in cfg.RECIPES[recipe].items()}
+        print(f"Recipe {recipe}: {cfg.RECIPE_HELP[recipe]}; it sets "
+              + " ".join(f"--{k}={v}" for k, v in values.items()) + "\n")
+    for name in command_flags(command):
         flag = FLAGS[name]
-        print(f"  --{name}: {flag.help}\n      (default: {flag.default!r})")
+        default = values.get(name, flag.default)
+        print(f"  --{name}: {flag.help}\n      (default: {default!r})")
+
+
+def _help_request(argv: list[str]) -> tuple[str | None, str | None]:
+    """The command and the --recipe value of a help request."""
+    words = [a for a in argv if not a.startswith("-")]
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")), None)
+    return (words[0] if words else None), recipe
 
 
 if __name__ == "__main__":
     if any(a in ("-h", "--help", "-help", "--helpshort") for a in sys.argv[1:]):
-        words = [a for a in sys.argv[1:] if not a.startswith("-")]
-        print_help(words[0] if words else None)
+        print_help(*_help_request(sys.argv[1:]))
         sys.exit(0)
     app.run(main, flags_parser=parse_flags)

@@ -15,6 +15,8 @@ import os
 import platform
 import sys
 
+from alexnet_tf.config import ONEDNN_CHOICES
+
 # Levels in increasing order; the keys are what the choices and benchmark records name.
 LEVELS = ("SSE4.1", "AVX", "AVX2", "AVX-512", "AMX")
 
@@ -86,7 +88,6 @@ class CpuInfo:
 # (DefaultOneDnnPolicy in tensorflow/core/util/util.cc); on the others, AVX2-only CPUs and
 # AVX-512 ones without VNNI among them, its convolutions and matmuls run in Eigen.
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-ONEDNN_CHOICES = ("auto", "on", "off")
 _ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 _applied_reason = None  # why the running process has oneDNN on or off (apply_onednn)
 

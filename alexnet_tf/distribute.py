@@ -8,9 +8,8 @@ import os
 import tensorflow as tf
 
 from alexnet_tf import cpu_info
+from alexnet_tf.config import PRECISIONS, STRATEGIES
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def split_cpu(n: int) -> None:

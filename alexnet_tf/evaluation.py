@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from alexnet_tf.config import TTA_MODES
 from data_pipeline import preprocess
 
 
@@ -26,8 +27,8 @@ def evaluate_dataset(model: keras.Model, dataset: tf.data.Dataset, variant: str,
         `per_class` (accuracy per class index, None for absent classes) and
         `confusion` ([true, predicted] counts) as lists.
     """
-    if tta not in ("none", "10crop"):
-        raise ValueError(f"`tta` must be 'none' or '10crop'. Received: tta={tta!r}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"`tta` must be one of {TTA_MODES}. Received: tta={tta!r}")
     _, crop = preprocess.geometry(variant)
     k = min(5, num_classes)
 

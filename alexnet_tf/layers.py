@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-IMPLEMENTATIONS = ("fused", "builtin", "decomposed")
+from alexnet_tf.config import LRN_IMPLEMENTATIONS
+
 
 
 def _check_positive(name: str, value) -> float:
@@ -120,8 +121,8 @@ class LocalResponseNormalization(keras.layers.Layer):
             raise TypeError(f"`size` must be an odd positive integer. Received: size={size!r}")
         if size < 1 or size % 2 == 0:
             raise ValueError(f"`size` must be an odd positive integer. Received: size={size}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}. "
+        if implementation not in LRN_IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` must be one of {LRN_IMPLEMENTATIONS}. "
                              f"Received: implementation={implementation!r}")
         self.size = int(size)
         self.k = _check_positive("k", k)

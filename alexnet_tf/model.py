@@ -6,6 +6,7 @@ import dataclasses
 
 import keras
 
+from alexnet_tf.config import INITS, VARIANT_NAMES
 from alexnet_tf.layers import LocalResponseNormalization
 
 # Per-channel statistics of pixels in [0, 255].
@@ -71,7 +72,6 @@ VARIANTS = {
                Conv("conv5", 256, 3, pool=True))),
 }
 
-INITS = ("paper", "he", "glorot")
 # §5: biases 1 in conv2, conv4, conv5 and the hidden fully-connected layers.
 PAPER_ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
@@ -113,7 +113,7 @@ def build_alexnet(variant: str = "paper", num_classes: int | None = None, *,
         ValueError: on an unknown variant, init or group count, or a bad class count.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"Unknown AlexNet variant; expected one of {sorted(VARIANTS)}. "
+        raise ValueError(f"Unknown AlexNet variant; expected one of {VARIANT_NAMES}. "
                          f"Received: variant={variant!r}")
     spec = VARIANTS[variant]
     if num_classes is None:

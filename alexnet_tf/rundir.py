@@ -14,10 +14,11 @@ import tempfile
 
 import keras
 
+from alexnet_tf.config import CHECKPOINTS
 from alexnet_tf.model import build_alexnet
 
 RUN_INFO = "run.json"
-WEIGHTS = {"best": "best.weights.h5", "latest": "latest.weights.h5"}
+WEIGHTS = {name: f"{name}.weights.h5" for name in CHECKPOINTS}
 
 
 def atomic_write_text(path: str, text: str) -> None:

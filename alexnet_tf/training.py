@@ -22,6 +22,7 @@ import keras
 from absl import logging
 
 from alexnet_tf import conv_grad, cpu_info, rundir
+from alexnet_tf.config import CHECKPOINTS, WEIGHT_LAYERS, TrainConfig
 from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
@@ -35,56 +36,6 @@ CSV_LOG = "log.csv"
 SUMMARY = "summary.json"
 # Options that must match for a run to resume from a checkpoint.
 RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average", "trainable_from")
-# The layers that hold weights, in order: the names --trainable_from takes.
-WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """All the settings of a training run (the flags of `python main.py train`).
-
-    `model` may be None with `init_from`: the variant of the run it starts from.
-    """
-    model: str | None = "cifar"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    model_dir: str = "runs/cifar-cifar10"
-    epochs: int = 30
-    batch_size: int = 128
-    steps_per_epoch: int = 0
-    seed: int = 0
-    num_classes: int = 10
-    synthetic_examples: int = 1024
-    init: str | None = None
-    groups: int = 1
-    cache: bool = False
-    strict: bool = False
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0
-    lr_schedule: str = "plateau"
-    plateau_patience: int = 2
-    max_lr_drops: int = 3
-    warmup_epochs: float = 0.0
-    precision: str = "float32"
-    jit_compile: str = "auto"
-    deterministic: bool = False
-    strategy: str = "auto"
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
-    flip: bool = True
-    noise_std: float = 0.0
-    pca_std: float = 0.1
-    cutout: int = 0
-    lrn_implementation: str = "fused"
-    augment: bool = True
-    dropout: float = 0.5
-    cpu_devices: int = 0
-    init_from: str | None = None
-    trainable_from: str | None = None
-    verbose: int = 1
 
 
 class LearningRate:
@@ -204,7 +155,7 @@ def read_init_source(init_from: str) -> InitSource:
         folder, weights = os.path.dirname(os.path.abspath(init_from)), os.path.abspath(init_from)
     elif os.path.isdir(init_from):
         folder = os.path.abspath(init_from)
-        found = [os.path.join(folder, rundir.WEIGHTS[k]) for k in ("best", "latest")
+        found = [os.path.join(folder, rundir.WEIGHTS[k]) for k in CHECKPOINTS
                  if os.path.isfile(os.path.join(folder, rundir.WEIGHTS[k]))]
         if not found:
             raise FileNotFoundError(f"--init_from={init_from!r} holds no weights yet (no "
@@ -322,6 +273,9 @@ def train(config: TrainConfig) -> dict:
         ClusterError: in a multi-worker run, when another worker is lost.
     """
     policy = keras.mixed_precision.global_policy()
+    if config.model_dir is None:
+        variant = config.model or read_init_source(config.init_from).variant if config.init_from else config.model
+        config = dataclasses.replace(config, model_dir=os.path.join("runs", f"{variant}-{config.dataset}"))
     try:
         return _train(config)
     except _PEER_ERRORS as e:

@@ -18,7 +18,8 @@ cpu_info.apply_onednn("auto")  # as the commands do, before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf.layers import IMPLEMENTATIONS, LocalResponseNormalization  # noqa: E402
+from alexnet_tf.config import LRN_IMPLEMENTATIONS as IMPLEMENTATIONS  # noqa: E402
+from alexnet_tf.layers import LocalResponseNormalization  # noqa: E402
 
 SHAPES = {"paper lrn1": (55, 55, 96), "paper lrn2": (27, 27, 256), "cifar lrn1": (32, 32, 64),
           "cifar lrn2": (15, 15, 192)}

@@ -13,11 +13,12 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf import cpu_info
+from alexnet_tf.config import BENCHMARKS, VARIANT_NAMES
 from alexnet_tf.distribute import resolve_precision
 from bench import common
 
-VARIANTS = ("cifar", "owt", "paper")
-WHATS = ("train", "input", "inference", "all", "profile")
+VARIANTS = tuple(sorted(VARIANT_NAMES))  # the smallest first
+WHATS = BENCHMARKS
 
 
 def environment(threads: dict) -> dict:

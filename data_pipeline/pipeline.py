@@ -11,9 +11,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf.config import DATASETS
 from data_pipeline import cifar10, preprocess, sources, tfrecord
 
-DATASETS = ("cifar10", "folder", "tfrecord", "synthetic")
 AUTOTUNE = tf.data.AUTOTUNE
 # Purposes of the seeded random streams, so that they never coincide.
 _TRAIN_ORDER, _SAMPLE = 0, 1

@@ -12,10 +12,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf.config import SPLITS
 from data_pipeline import preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-SPLITS = ("train", "val")
 _MAX_LISTED = 20  # bad files named in one log line or error message
 
 

@@ -17,13 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import rundir
+from alexnet_tf.config import QUANTIZATIONS, TFLITE_LRN_FORMS
 from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.model import VARIANTS
 from data_pipeline import preprocess
 from export import common
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-LRN_FORMS = ("builtin", "decomposed")
 PRECISION_SUFFIX = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 # Ops that make a TFLite model need the TF runtime or dynamic shapes around Flatten.
 UNWANTED_OPS = ("FLEX", "CUSTOM", "SHAPE", "STRIDED_SLICE", "PACK")
@@ -221,8 +220,8 @@ def export_tflite(model_dir: str, export_dir: str | None = None, *, checkpoint: 
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}")
-    if lrn not in LRN_FORMS:
-        raise ValueError(f"`lrn` must be one of {LRN_FORMS}. Received: lrn={lrn!r}")
+    if lrn not in TFLITE_LRN_FORMS:
+        raise ValueError(f"`lrn` must be one of {TFLITE_LRN_FORMS}. Received: lrn={lrn!r}")
     for key, value in (("batch", batch), ("calibration_steps", calibration_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")

@@ -49,6 +49,11 @@ ONE_LINE_USAGE_ERRORS = [
     (("convert",), "needs --weights"),
     (("convert", "--weights=x.pth"), "needs --model_dir"),
     (("convert", "--weights=x.pth", "--model_dir=y", "extra"), "Unexpected arguments"),
+    (("export", "--model_dir=x", "--learning_rate=0.3"), "--learning_rate does not apply to `export`"),
+    (("predict", "--seed=1", "--artifact=x", "a.jpg"), "--seed does not apply to `predict`"),
+    (("train", "--recipe=fast"), "--recipe"),
+    (("train", "--recipe=finetune", "--data_dir=x"), "--recipe=finetune needs --init_from"),
+    (("recipes", "--epochs=3"), "--epochs does not apply to `recipes`"),
 ]
 
 

@@ -7,7 +7,7 @@ import pytest
 import keras
 
 from alexnet_tf import LocalResponseNormalization
-from alexnet_tf.layers import IMPLEMENTATIONS
+from alexnet_tf.config import LRN_IMPLEMENTATIONS as IMPLEMENTATIONS
 
 
 def lrn_reference(a, size, k, alpha, beta):
