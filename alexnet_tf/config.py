@@ -135,7 +135,7 @@ class TrainConfig:
     cutout: int = setting(0, "Side of a square set to the image's mean colour at a random place "
                           "in each training image (0: off; not in the paper).", lower=0)
     lrn_implementation: str = setting("fused", "How the LRN layers compute during training "
-                                      "(same formula; see README).",
+                                      "(same formula; see docs/model.md).",
                                       choices=LRN_IMPLEMENTATIONS, flag="lrn_impl")
     augment: bool = setting(True, "Training augmentation (off: the evaluation centre crop).")
     dropout: float = setting(0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower=0.0,

@@ -98,7 +98,7 @@ def choose_onednn(choice: str, cpuinfo: str = "/proc/cpuinfo", environ=None, mac
 
     "auto" keeps an explicit TF_ENABLE_ONEDNN_OPTS and TensorFlow's default where that is
     on, and turns oneDNN on for x86 CPUs where TensorFlow leaves it off: there float32
-    training is 1.7-1.9x faster with it (README, Performance). Hosts with a GPU keep
+    training is 1.7-1.9x faster with it (docs/performance.md). Hosts with a GPU keep
     TensorFlow's default (the model runs on the GPU).
 
     Returns:
