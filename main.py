@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import config as cfg  # noqa: E402  (no TensorFlow)
+from alexnet_tf import config as cfg, storage  # noqa: E402  (no TensorFlow)
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +59,8 @@ flags.DEFINE_enum("quantize", "none", list(cfg.QUANTIZATIONS), "TFLite quantizat
 flags.DEFINE_enum("lrn", "builtin", list(cfg.TFLITE_LRN_FORMS), "TFLite form of the LRN layers.")
 flags.DEFINE_integer("tflite_batch", 1, "Static batch of the TFLite model.", lower_bound=1)
 flags.DEFINE_integer("calibration_steps", 100, "int8 calibration images.", lower_bound=1)
+flags.DEFINE_boolean("overwrite", False, "Export again what is already exported (TFLite files are "
+                     "replaced; a SavedModel gets a new version, never replacing one).")
 flags.DEFINE_string("model_name", None, "Served model name / TFLite file prefix "
                     "(default: alexnet_<variant>).")
 
@@ -142,42 +144,24 @@ def export(argv):
     if FLAGS.format == "tflite" and FLAGS["version"].present:
         raise app.UsageError("--version applies to --format=saved_model or all.")
     import_tensorflow_quietly()
-    calibration = _calibration()
-    if FLAGS.format in ("saved_model", "all"):
-        from export.saved_model import export_saved_model
-        path = export_saved_model(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
-                                  version=FLAGS.version, model_name=FLAGS.model_name)
-        print(f"SavedModel: {path}")
-    if FLAGS.format in ("tflite", "all"):
-        for quantize in _tflite_forms():
-            path = _export_tflite(quantize, calibration if quantize == "int8" else None)
-            print(f"TFLite: {path}")
+    from export import artifacts
+    quantize = FLAGS.quantize if FLAGS["quantize"].present else None
+    artifacts.export_run(FLAGS.model_dir, FLAGS.export_dir, fmt=FLAGS.format,
+                         checkpoint=FLAGS.checkpoint, version=FLAGS.version,
+                         model_name=FLAGS.model_name, quantize=quantize, lrn=FLAGS.lrn,
+                         batch=FLAGS.tflite_batch, calibration=_calibration(quantize),
+                         calibration_steps=FLAGS.calibration_steps, overwrite=FLAGS.overwrite)
 
 
-def _tflite_forms() -> tuple[str, ...]:
-    """--quantize's form; with --format=all and no --quantize, every form."""
-    from export.tflite import QUANTIZATIONS
-    if FLAGS.format == "all" and not FLAGS["quantize"].present:
-        return QUANTIZATIONS
-    return (FLAGS.quantize,)
-
-
-def _calibration():
+def _calibration(quantize: str | None):
     """int8 calibration images, opened (and checked) before anything is written."""
-    if FLAGS.format == "saved_model" or "int8" not in _tflite_forms():
+    from export import artifacts
+    if FLAGS.format == "saved_model" or "int8" not in artifacts.tflite_forms(FLAGS.format, quantize):
         return None
     from export.tflite import calibration_batches
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None
     data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
     return calibration_batches(FLAGS.model_dir, dataset, data_dir, max_images=FLAGS.calibration_steps)
-
-
-def _export_tflite(quantize: str, calibration) -> str:
-    from export.tflite import export_tflite
-    return export_tflite(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
-                         quantize=quantize, lrn=FLAGS.lrn, batch=FLAGS.tflite_batch,
-                         calibration_data=calibration, calibration_steps=FLAGS.calibration_steps,
-                         model_name=FLAGS.model_name)
 
 
 def predict(argv):
@@ -333,8 +317,8 @@ def _dispatch(argv):
     _check_flags(argv[1])
     try:  # each command checks its flags, then imports TensorFlow (import_tensorflow_quietly)
         command(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
-            PermissionError, FloatingPointError, ConnectionError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError,
+            FloatingPointError, ConnectionError, storage.DiskFullError, storage.FolderBusyError) as e:
         # User-facing errors from the library: one line, no traceback.
         _exit_with_error(str(e))
 
@@ -361,7 +345,7 @@ COMMAND_FLAGS = {
     "train": tuple(f.name for f in cfg.train_flags()),
     "evaluate": ("model_dir", "dataset", "data_dir", "batch_size", "tta", "split", "checkpoint"),
     "export": ("model_dir", "format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
-               "calibration_steps", "checkpoint", "model_name", "dataset", "data_dir"),
+               "calibration_steps", "checkpoint", "model_name", "dataset", "data_dir", "overwrite"),
     "predict": ("artifact", "top_k"),
     "prepare": ("data_dir", "output_dir", "shards", "strict"),
     "benchmark": ("model", "data_dir", "what", "output", "batch_size", "reps", "threads", "precision"),

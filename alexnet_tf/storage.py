@@ -106,9 +106,9 @@ def translate_write_error(error: BaseException, path: str, hint: str = "") -> Ba
     text = str(error)
     if code in _NO_SPACE or "No space left" in text or "RESOURCE_EXHAUSTED" in text.upper() \
             or type(error).__name__ == "ResourceExhaustedError":
-        return DiskFullError(errno.ENOSPC, _write_error(path, "no space left on device", hint))
+        return DiskFullError(_write_error(path, "no space left on device", hint))
     if code in _NO_WRITE or "Read-only file system" in text or "Permission denied" in text:
-        return ReadOnlyError(errno.EROFS, _write_error(path, "the folder is read-only or not "
+        return ReadOnlyError(_write_error(path, "the folder is read-only or not "
                                                        "writable", hint))
     return None
 
@@ -132,7 +132,7 @@ def check_free_space(folder: str, needed: int, path: str, hint: str = "") -> Non
     except OSError:
         return
     if stat.f_bavail * stat.f_frsize < needed:
-        raise DiskFullError(errno.ENOSPC, _write_error(
+        raise DiskFullError(_write_error(
             path, f"no space left on device ({stat.f_bavail * stat.f_frsize:,} bytes free, "
                   f"{needed:,} needed)", hint))
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 
+from alexnet_tf import storage
 from alexnet_tf.model import VARIANTS
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a failed write of an artifact tells the user to do.
+RERUN_HINT = "free space and run the same command to finish the export"
 
 
 def resolve_export_dir(model_dir: str, export_dir: str | None) -> str:
@@ -109,9 +111,9 @@ def publish_file(data: bytes, path: str) -> None:
     if os.path.lexists(path):
         raise FileExistsError(f"{path!r} already exists; delete it or choose another --export_dir.")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_staging_prefix(), suffix="-" + os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as f:
+        with storage.writing(path, RERUN_HINT), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -139,17 +141,20 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
         raise FileExistsError(f"{final_dir!r} appeared during the export: {e.strerror}.") from None
 
 
+def _staging_prefix() -> str:
+    """Staging names carry the writer's process id, so a later export can tell a killed
+    export's leftovers from a running one's (`artifacts.remove_stale_staging`)."""
+    return f".tmp-{os.getpid()}-"
+
+
 def staging_dir(parent: str, label: str) -> str:
     """A fresh temporary folder in `parent` whose name no reader mistakes for an artifact."""
-    return tempfile.mkdtemp(dir=parent, prefix=f".tmp-{label}-")
+    return tempfile.mkdtemp(dir=parent, prefix=f"{_staging_prefix()}{label}-")
 
 
-def remove_quietly(path: str) -> None:
-    """Removes a staging folder or file, ignoring errors (used on failure paths)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+def staging_name(parent: str, name: str) -> str:
+    """A path in `parent` for setting `name` aside while it is made again."""
+    return os.path.join(parent, f"{_staging_prefix()}{name}")
+
+
+remove_quietly = storage.remove_quietly

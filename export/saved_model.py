@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import rundir
+from alexnet_tf import rundir, storage
 from data_pipeline import preprocess
 from export import common, serving_client
 
@@ -210,25 +210,31 @@ def export_saved_model(model_dir: str, export_dir: str | None = None, *, checkpo
     serving_default, serving_bytes = build_serving_functions(model, info["variant"], class_names)
     tmp = common.staging_dir(base, str(version))
     try:
-        labels_src = os.path.join(tmp, LABELS_ASSET)  # copied to assets/ by name
-        with open(labels_src, "w", encoding="utf-8") as f:
-            f.write(common.labels_text(class_names))
-        module = tf.Module()
-        # The tf.Variables behind the Keras variables, so the SavedModel saves them.
-        module.model_variables = [v.value for v in model.variables]
-        module.labels = tf.saved_model.Asset(labels_src)
-        module.serving_default = serving_default
-        module.serving_bytes = serving_bytes
-        out = os.path.join(tmp, "model")
-        tf.saved_model.save(module, out, signatures={
-            "serving_default": serving_default.get_concrete_function(),
-            "serving_bytes": serving_bytes.get_concrete_function(),
-        })
-        os.makedirs(os.path.join(out, "assets.extra"))
-        with tf.io.TFRecordWriter(os.path.join(out, WARMUP_FILE)) as writer:
-            for record in warmup_requests(name, info["variant"]):
-                writer.write(record.SerializeToString())
-        common.publish_dir(out, final)
+        with storage.writing(final, common.RERUN_HINT):
+            _write_saved_model(tmp, final, model, info, name, class_names, serving_default, serving_bytes)
     finally:
         common.remove_quietly(tmp)
     return final
+
+
+def _write_saved_model(tmp, final, model, info, name, class_names, serving_default, serving_bytes):
+    """Writes the SavedModel into the staging folder `tmp`, then renames it to `final`."""
+    labels_src = os.path.join(tmp, LABELS_ASSET)  # copied to assets/ by name
+    with open(labels_src, "w", encoding="utf-8") as f:
+        f.write(common.labels_text(class_names))
+    module = tf.Module()
+    # The tf.Variables behind the Keras variables, so the SavedModel saves them.
+    module.model_variables = [v.value for v in model.variables]
+    module.labels = tf.saved_model.Asset(labels_src)
+    module.serving_default = serving_default
+    module.serving_bytes = serving_bytes
+    out = os.path.join(tmp, "model")
+    tf.saved_model.save(module, out, signatures={
+        "serving_default": serving_default.get_concrete_function(),
+        "serving_bytes": serving_bytes.get_concrete_function(),
+    })
+    os.makedirs(os.path.join(out, "assets.extra"))
+    with tf.io.TFRecordWriter(os.path.join(out, WARMUP_FILE)) as writer:
+        for record in warmup_requests(name, info["variant"]):
+            writer.write(record.SerializeToString())
+    common.publish_dir(out, final)
