@@ -30,10 +30,6 @@ from alexnet_tf.model import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
 from data_pipeline import preprocess
 
-CKPT_SUBDIR = "ckpt"
-PCA_FILE = "pca.json"
-CSV_LOG = "log.csv"
-SUMMARY = "summary.json"
 # Options that must match for a run to resume from a checkpoint.
 RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average", "trainable_from")
 
@@ -285,7 +281,7 @@ def train(config: TrainConfig) -> dict:
         raise ClusterError(
             f"Lost another worker of the cluster ({type(e).__name__}: {first_line}). Nothing is lost: "
             f"restart every worker with the same flags and TF_CONFIG, and training resumes from "
-            f"the chief's last checkpoint in {os.path.join(config.model_dir, CKPT_SUBDIR)} "
+            f"the chief's last checkpoint in {os.path.join(config.model_dir, rundir.CHECKPOINT_DIR)} "
             "(use --checkpoint_every_steps to lose fewer steps).") from None
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -307,7 +303,7 @@ def _train(config: TrainConfig) -> dict:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
-    resuming = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR)) is not None
+    resuming = tf.train.latest_checkpoint(os.path.join(config.model_dir, rundir.CHECKPOINT_DIR)) is not None
     init = _init_source(config, resuming)
     config = _with_variant(config, init)
     if config.cpu_devices > 1:
@@ -318,7 +314,7 @@ def _train(config: TrainConfig) -> dict:
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
                          f"{replicas} replicas of --strategy={config.strategy}.")
-    model_dir = config.model_dir if is_chief else os.path.join(config.model_dir, f".worker-{worker_index}")
+    model_dir = config.model_dir if is_chief else rundir.worker_dir(config.model_dir, worker_index)
     check_model_dir(model_dir)
 
     source = _load_source(config, verbose=bool(config.verbose) and is_chief)
@@ -375,9 +371,9 @@ def _train(config: TrainConfig) -> dict:
         epoch_sums=epoch_sums, lr_scale=schedule.scale, best_val=schedule.best_val,
         bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops,
         **({"weight_average": average.shadows} if average is not None else {}))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CKPT_SUBDIR),
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, rundir.CHECKPOINT_DIR),
                                          max_to_keep=config.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR))
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, rundir.CHECKPOINT_DIR))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Resumed from %s (epoch %d, step %d of the epoch).", latest,
@@ -399,8 +395,8 @@ def _train(config: TrainConfig) -> dict:
             average.update(step + 1)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
-    csv_path = os.path.join(model_dir, CSV_LOG)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if is_chief else None
+    csv_path = os.path.join(model_dir, rundir.LOG_CSV)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, rundir.TENSORBOARD_DIR)) if is_chief else None
     history = _read_history(csv_path)
     best_path = os.path.join(model_dir, rundir.WEIGHTS["best"])
     latest_path = os.path.join(model_dir, rundir.WEIGHTS["latest"])
@@ -479,8 +475,8 @@ def _train(config: TrainConfig) -> dict:
     summary = _summary(config, history, start_time, num_classes)
     summary["precision"] = precision
     if is_chief:
-        rundir.atomic_write_text(os.path.join(model_dir, SUMMARY), json.dumps(summary, indent=2))
-        _plot_curves(history, os.path.join(model_dir, "curves.png"))
+        rundir.atomic_write_text(os.path.join(model_dir, rundir.SUMMARY), json.dumps(summary, indent=2))
+        _plot_curves(history, os.path.join(model_dir, rundir.CURVES))
     return summary
 
 
@@ -652,7 +648,7 @@ def _epoch_dataset(strategy, source, global_batch: int, epoch: int, skip: int, s
 def _pca(config: TrainConfig, source, model_dir: str) -> dict:
     """The RGB eigen-decomposition for the PCA colour jitter, computed once per run."""
     from data_pipeline.augment import estimate_rgb_pca
-    path = os.path.join(model_dir, PCA_FILE)
+    path = os.path.join(model_dir, rundir.PCA)
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
