@@ -7,7 +7,8 @@ import keras
 
 from alexnet_tf import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
-from alexnet_tf.training import LearningRate, TrainConfig, make_replica_step
+from alexnet_tf.schedule import LearningRate
+from alexnet_tf.training import TrainConfig, make_replica_step
 
 
 def data_loss(model, images, labels):
