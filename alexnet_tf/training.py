@@ -9,7 +9,6 @@ augmentation draws are functions of (seed, epoch, step), so they need no state.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -21,7 +20,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import conv_grad, cpu_info, finetune, rundir
+from alexnet_tf import conv_grad, cpu_info, finetune, run_log, rundir
 from alexnet_tf.config import TrainConfig
 from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
@@ -238,7 +237,7 @@ def _train(config: TrainConfig) -> dict:
 
     csv_path = os.path.join(model_dir, rundir.LOG_CSV)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, rundir.TENSORBOARD_DIR)) if is_chief else None
-    history = _read_history(csv_path)
+    history = run_log.read_history(csv_path)
     best_path = os.path.join(model_dir, rundir.WEIGHTS["best"])
     latest_path = os.path.join(model_dir, rundir.WEIGHTS["latest"])
     # A resumed run goes on counting from the wall time its last finished epoch recorded
@@ -306,18 +305,18 @@ def _train(config: TrainConfig) -> dict:
         manager.save(checkpoint_number=int(global_step.numpy()))
         history.append(record)
         if is_chief:
-            _log_epoch(csv_path, writer, record, history)
+            run_log.log_epoch(csv_path, writer, record, history)
         if config.verbose and is_chief:
             top5 = f" val_top5 {record['val_top5']:.4f}" if record["val_top5"] is not None else ""
             print(f"epoch {epoch + 1}: loss {record['loss']:.4f} top1 {record['top1']:.4f} "
                   f"val_loss {record['val_loss']:.4f} val_top1 {record['val_top1']:.4f}{top5} "
                   f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if dropped else ""))
 
-    summary = _summary(config, history, start_time, num_classes)
+    summary = run_log.summarize(config, history, start_time, num_classes)
     summary["precision"] = precision
     if is_chief:
         rundir.atomic_write_text(os.path.join(model_dir, rundir.SUMMARY), json.dumps(summary, indent=2))
-        _plot_curves(history, os.path.join(model_dir, rundir.CURVES))
+        run_log.plot_curves(history, os.path.join(model_dir, rundir.CURVES))
     return summary
 
 
@@ -485,81 +484,3 @@ def _pca(config: TrainConfig, source, model_dir: str) -> dict:
     return pca
 
 
-def _read_history(csv_path: str) -> list:
-    if not os.path.isfile(csv_path):
-        return []
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
-    for record in history:
-        for key in ("epoch", "train_images"):
-            if record.get(key) is not None:
-                record[key] = int(record[key])
-    return history
-
-
-def _log_epoch(csv_path: str, writer, record: dict, history: list) -> None:
-    fields = list(record)
-    lines = [",".join(fields)]
-    for r in history:
-        lines.append(",".join("" if r.get(k) is None else repr(r.get(k)) for k in fields))
-    rundir.atomic_write_text(csv_path, "\n".join(lines) + "\n")
-    with writer.as_default(step=int(record["epoch"])):
-        for key, value in record.items():
-            if key != "epoch" and value is not None:
-                tf.summary.scalar(key, value)
-    writer.flush()
-
-
-def _summary(config, history, start_time, num_classes) -> dict:
-    val = [r["val_top1"] for r in history]
-    # Logs written before the per-epoch training counts existed leave those epochs out.
-    timed = [r for r in history if r.get("train_images") is not None and r.get("train_seconds")]
-    train_images = sum(r["train_images"] for r in timed)
-    train_seconds = sum(r["train_seconds"] for r in timed)
-    return {
-        "best_val_top1": max(val) if val else None,
-        "final_val_top1": val[-1] if val else None,
-        "final_val_top5": history[-1]["val_top5"] if history and num_classes > 5 else None,
-        "final_val_loss": history[-1]["val_loss"] if history else None,
-        "epochs": len(history),
-        "wall_seconds": time.time() - start_time,
-        "images_per_second": train_images / train_seconds if train_seconds else None,
-        "train_images": train_images,
-        "train_seconds": train_seconds,
-        "seconds_to_val_top1": seconds_to_accuracy(history),
-        "history": history,
-        "flags": dataclasses.asdict(config),
-    }
-
-
-def seconds_to_accuracy(history: list, thresholds=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)) -> dict:
-    """Wall seconds from the start of the run to the end of the first epoch whose val top-1
-    reaches each threshold (thresholds never reached are left out)."""
-    out = {}
-    for t in thresholds:
-        reached = [r["wall_seconds"] for r in history if r["val_top1"] >= t]
-        if reached:
-            out[f"{t:g}"] = reached[0]
-    return out
-
-
-def _plot_curves(history: list, path: str) -> None:
-    if not history:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["loss"] for r in history], label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in history], label="val")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [r["top1"] for r in history], label="train top-1")
-    ax2.plot(epochs, [r["val_top1"] for r in history], label="val top-1")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)

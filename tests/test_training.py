@@ -74,7 +74,7 @@ def test_step_schedule_thirds():
 
 
 def test_seconds_to_accuracy_takes_the_first_epoch_at_or_above_each_threshold():
-    from alexnet_tf.training import seconds_to_accuracy
+    from alexnet_tf.run_log import seconds_to_accuracy
     history = [{"val_top1": a, "wall_seconds": 100.0 * (i + 1)}
                for i, a in enumerate([0.55, 0.75, 0.70, 0.81, 0.8049])]
     assert seconds_to_accuracy(history) == {"0.5": 100.0, "0.6": 200.0, "0.7": 200.0, "0.75": 200.0,
