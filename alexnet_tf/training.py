@@ -28,7 +28,7 @@ from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
 from alexnet_tf.schedule import LearningRate
-from data_pipeline import preprocess
+from alexnet_tf.train_step import epoch_dataset, make_replica_step, make_train_step, use_jit
 
 # Options that must match for a run to resume from a checkpoint.
 RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average", "trainable_from")
@@ -44,13 +44,6 @@ def check_model_dir(model_dir: str) -> None:
         raise PermissionError(f"Cannot create --model_dir={model_dir!r}: {e.strerror}.") from None
     if not os.access(model_dir, os.W_OK | os.X_OK):
         raise PermissionError(f"--model_dir={model_dir!r} is not writable.")
-
-
-def _jit(config: TrainConfig) -> bool:
-    if config.jit_compile == "auto":
-        # Measured slower than TF's graph mode with oneDNN on CPUs; a win on GPUs.
-        return bool(tf.config.list_logical_devices("GPU"))
-    return config.jit_compile == "true"
 
 
 def _run_info(config: TrainConfig, source, num_classes: int, init: finetune.InitSource | None) -> dict:
@@ -226,14 +219,7 @@ def _train(config: TrainConfig) -> dict:
         model, optimizer, variant=config.model, global_batch=config.batch_size, top_k=min(5, num_classes),
         label_smoothing=config.label_smoothing, augment=aug_config if config.augment else None,
         seed=config.seed, seed_offset=worker_index * (replicas // num_workers))
-    compiled_step = tf.function(replica_step, jit_compile=_jit(config), reduce_retracing=True)
-
-    @tf.function
-    def train_step(images, labels, step):
-        sums = strategy.run(compiled_step, args=(images, labels, step))
-        if average is not None:
-            average.update(step + 1)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+    train_step = make_train_step(strategy, replica_step, average=average, jit_compile=use_jit(config))
 
     csv_path = os.path.join(model_dir, rundir.LOG_CSV)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, rundir.TENSORBOARD_DIR)) if is_chief else None
@@ -250,8 +236,8 @@ def _train(config: TrainConfig) -> dict:
         skip = int(step_in_epoch.numpy())
         if config.verbose and is_chief:
             print(f"Epoch {epoch + 1}/{config.epochs}")
-        ds = _epoch_dataset(strategy, source, config.batch_size, epoch, skip,
-                            steps_per_epoch - skip, replicas // num_workers)
+        ds = epoch_dataset(strategy, source, config.batch_size, epoch, skip,
+                           steps_per_epoch - skip, replicas // num_workers)
         progress = _Progress(steps_per_epoch, bool(config.verbose) and is_chief)
         epoch_start = time.time()
         for images, labels in ds:
@@ -349,92 +335,6 @@ def _load_source(config: TrainConfig, verbose: bool):
     return source
 
 
-def split_normalization(model: keras.Model):
-    """The model after its `normalize` layer, and that layer's arithmetic as a function.
-
-    The augmenting train step normalises inside its XLA augmentation (one pass over the
-    pixels instead of the layer's two unfused ops) and runs the rest of the model on the
-    result. The trunk shares the model's layers and weights; the model itself, and
-    so every export, keeps its `normalize` layer. A model without one is returned whole.
-    """
-    try:
-        layer = model.get_layer("normalize")
-    except ValueError:
-        return model, lambda x: x
-    # The configured float statistics: under mixed precision the layer's own copies are rounded.
-    config = layer.get_config()
-    mean = np.asarray(layer.mean if config["mean"] is None else config["mean"], np.float32).reshape(-1)
-    var = np.asarray(layer.variance if config["variance"] is None else config["variance"], np.float32)
-    std = np.maximum(np.sqrt(var.reshape(-1)), keras.backend.epsilon())
-    return keras.Model(layer.output, model.output, name=f"{model.name}_trunk"), lambda x: (x - mean) / std
-
-
-def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
-                      top_k: int, label_smoothing: float = 0.0,
-                      augment=None, seed: int = 0,
-                      seed_offset: int = 0):
-    """The per-replica train step: augmentation, forward, loss, the SGD update, metrics.
-
-    Args:
-        model: the AlexNet being trained.
-        optimizer: a `FusedMomentumSGD` (the paper's update and weight decay) or another
-            Keras optimizer, possibly inside a LossScaleOptimizer.
-        variant: model variant (the eval crop when `augment` is None).
-        global_batch: images per step over all replicas (the loss is their mean).
-        top_k: k of the top-k accuracy.
-        label_smoothing: eps of the training loss's targets (1 - eps) * one_hot + eps / classes.
-        augment: an `AugmentConfig`, or None for the deterministic centre crop.
-        seed, seed_offset: augmentation draws use the stateless seed
-            [seed * 1000003 + seed_offset + replica id, step].
-
-    Returns:
-        `step(images_uint8, labels, step) -> float64 [4]`: summed loss, top-1 hits,
-        top-k hits and image count of the replica's batch.
-    """
-    net = model
-    if augment is not None:
-        from data_pipeline.augment import augment_batch
-        net, normalize = split_normalization(model)
-
-        # XLA fuses the per-image gathers and colour arithmetic: ~8x faster than the plain
-        # graph at the paper's 256->227 crops on a CPU. Inside an XLA train step it is inlined.
-        @tf.function(jit_compile=True)
-        def augment_fn(images, aug_seed):
-            return normalize(augment_batch(images, aug_seed, augment))
-
-    def replica_step(images, labels, step):
-        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + replica_id
-        if augment is not None:
-            x = augment_fn(images, tf.stack([stream, tf.cast(step, tf.int64)]))
-        else:
-            x = preprocess.eval_images(images, variant)
-        variables = model.trainable_variables
-        # Only the trainable variables are watched, so frozen layers record no gradient ops.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([v.value for v in variables])
-            logits = tf.cast(net(x, training=True), tf.float32)
-            if label_smoothing:
-                targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
-                per_example = keras.losses.categorical_crossentropy(
-                    targets, logits, from_logits=True, label_smoothing=label_smoothing)
-            else:
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        # LossScaleOptimizer unscales and skips steps with non-finite gradients; the
-        # optimizer adds the weight decay to the replica-summed gradients.
-        optimizer.apply_gradients(zip(grads, variables))
-        labels = tf.cast(labels, tf.int32)
-        top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64))
-        topk = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, top_k), tf.float64))
-        n = tf.cast(tf.shape(labels)[0], tf.float64)
-        return tf.stack([tf.cast(tf.reduce_sum(per_example), tf.float64), top1, topk, n])
-
-    return replica_step
-
-
 def _all_finite(model: keras.Model) -> bool:
     return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables)
 
@@ -450,25 +350,6 @@ def _save_if_finite(manager, model: keras.Model, step: int) -> None:
     if not _all_finite(model):
         _diverged(f"A weight became NaN or infinite at step {step}", manager)
     manager.save(checkpoint_number=step)
-
-
-def _epoch_dataset(strategy, source, global_batch: int, epoch: int, skip: int, steps: int,
-                   local_replicas: int):
-    """One epoch's batches from step `skip` on, split over the strategy's replicas.
-
-    Global batch k is the concatenation of the replicas' batches k, so every
-    topology sees the same images in the same steps as a single device.
-    """
-    if strategy.num_replicas_in_sync == 1:
-        return source.train_dataset(global_batch, epoch, skip_batches=skip).take(steps)
-
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        per_replica = ctx.get_per_replica_batch_size(global_batch)
-        ds = source.train_dataset(per_replica, epoch, skip_batches=skip * local_replicas,
-                                  num_shards=ctx.num_input_pipelines, shard_index=ctx.input_pipeline_id)
-        return ds.take(steps * local_replicas)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def _pca(config: TrainConfig, source, model_dir: str) -> dict:

@@ -12,7 +12,8 @@ from alexnet_tf import finetune, rundir
 from alexnet_tf.config import WEIGHT_LAYERS
 from alexnet_tf.finetune import freeze_before
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.training import TrainConfig, make_replica_step, train
+from alexnet_tf.train_step import make_replica_step
+from alexnet_tf.training import TrainConfig, train
 
 BASE = dict(dataset="synthetic", synthetic_examples=64, batch_size=16, epochs=1, steps_per_epoch=2,
             learning_rate=0.01, verbose=0)

@@ -8,7 +8,8 @@ import keras
 from alexnet_tf import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
 from alexnet_tf.schedule import LearningRate
-from alexnet_tf.training import TrainConfig, make_replica_step
+from alexnet_tf.train_step import make_replica_step
+from alexnet_tf.training import TrainConfig
 
 
 def data_loss(model, images, labels):
@@ -129,7 +130,7 @@ def test_the_augmented_step_feeds_the_model_the_augmented_pixels():
 
 
 def test_a_model_without_a_normalize_layer_is_trained_whole():
-    from alexnet_tf.training import split_normalization
+    from alexnet_tf.train_step import split_normalization
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     net, normalize = split_normalization(model)
