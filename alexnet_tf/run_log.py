@@ -13,6 +13,31 @@ import tensorflow as tf
 from alexnet_tf import rundir
 
 
+class RunLog:
+    """The finished epochs of a run, oldest first: read from log.csv when a run resumes, and
+    written (when `write`) to log.csv and TensorBoard as each epoch ends."""
+
+    def __init__(self, model_dir: str, write: bool):
+        self.csv_path = os.path.join(model_dir, rundir.LOG_CSV)
+        self.writer = (tf.summary.create_file_writer(os.path.join(model_dir, rundir.TENSORBOARD_DIR))
+                       if write else None)
+        self.history = read_history(self.csv_path)
+
+    def add(self, record: dict) -> None:
+        """Adds a finished epoch's record (see `training._end_epoch` for its keys)."""
+        self.history.append(record)
+        if self.writer is not None:
+            log_epoch(self.csv_path, self.writer, record, self.history)
+
+
+def epoch_line(record: dict, lr_dropped: bool) -> str:
+    """The line printed when an epoch ends."""
+    top5 = f" val_top5 {record['val_top5']:.4f}" if record["val_top5"] is not None else ""
+    return (f"epoch {record['epoch']}: loss {record['loss']:.4f} top1 {record['top1']:.4f} "
+            f"val_loss {record['val_loss']:.4f} val_top1 {record['val_top1']:.4f}{top5} "
+            f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if lr_dropped else ""))
+
+
 def read_history(csv_path: str) -> list[dict]:
     """The finished epochs that log.csv at `csv_path` records, oldest first ([] without one).
 
