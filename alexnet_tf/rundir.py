@@ -5,7 +5,7 @@ Every file name inside a run folder is spelled here and nowhere else:
     MODEL_DIR/run.json            variant, class count and names, model options, flags
     MODEL_DIR/best.weights.h5     weights with the best validation top-1
     MODEL_DIR/latest.weights.h5   weights at the end of the last finished epoch
-    MODEL_DIR/ckpt/               full training state for resuming (see training.py)
+    MODEL_DIR/ckpt/               full training state for resuming (see training.TrainState)
     MODEL_DIR/pca.json            RGB eigen-decomposition of the PCA colour jitter (--pca_std)
     MODEL_DIR/log.csv             one row of metrics per finished epoch
     MODEL_DIR/logs/               the same metrics as TensorBoard scalars
