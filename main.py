@@ -123,6 +123,7 @@ def evaluate(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("evaluate needs --model_dir=RUN (a training run's folder).")
     import_tensorflow_quietly()
+    from alexnet_tf import rundir
     from alexnet_tf.evaluation import evaluate_run
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None
     result = evaluate_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint, tta=FLAGS.tta, split=FLAGS.split,
@@ -131,7 +132,7 @@ def evaluate(argv):
           f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}")
     for name, acc in zip(result["class_names"], result["per_class"]):
         print(f"  {name:20s} {'-' if acc is None else f'{acc:.4f}'}")
-    print(f"Wrote {os.path.join(FLAGS.model_dir, 'eval.json')} and confusion.png")
+    print(f"Wrote {os.path.join(FLAGS.model_dir, rundir.EVAL)} and {rundir.CONFUSION}")
 
 
 def export(argv):

@@ -111,8 +111,8 @@ def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none",
         data = _run_dataset(info, dataset, data_dir, split, batch_size)
     result = evaluate_dataset(model, data, info["variant"], info["num_classes"], tta=tta)
     result.update(split=split, tta=tta, checkpoint=checkpoint, class_names=info["class_names"])
-    rundir.atomic_write_text(os.path.join(model_dir, "eval.json"), json.dumps(result, indent=2))
-    plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, "confusion.png"))
+    rundir.atomic_write_text(os.path.join(model_dir, rundir.EVAL), json.dumps(result, indent=2))
+    plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, rundir.CONFUSION))
     return result
 
 

@@ -85,6 +85,31 @@ def _initializers(init: str, name: str, seed):
     return keras.initializers.GlorotUniform(seed=seed), keras.initializers.Zeros()
 
 
+def _check_args(variant, num_classes, groups, init, dropout, mean, std):
+    """Checks `build_alexnet`'s arguments; returns num_classes, init, mean and std with the
+    variant's defaults filled in."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown AlexNet variant; expected one of {VARIANT_NAMES}. "
+                         f"Received: variant={variant!r}")
+    spec = VARIANTS[variant]
+    if num_classes is None:
+        num_classes = spec.default_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+    if groups not in (1, 2):
+        raise ValueError(f"`groups` must be 1 or 2. Received: groups={groups!r}")
+    init = init or spec.default_init
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    mean = tuple(spec.mean if mean is None else mean)
+    std = tuple(spec.std if std is None else std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"`mean` and `std` need 3 values, std positive. Received: mean={mean}, std={std}")
+    return num_classes, init, mean, std
+
+
 def build_alexnet(variant: str = "paper", num_classes: int | None = None, *,
                   groups: int = 1, init: str | None = None, dropout: float = 0.5,
                   lrn_implementation: str = "builtin", mean=None, std=None,
@@ -112,25 +137,8 @@ def build_alexnet(variant: str = "paper", num_classes: int | None = None, *,
     Raises:
         ValueError: on an unknown variant, init or group count, or a bad class count.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown AlexNet variant; expected one of {VARIANT_NAMES}. "
-                         f"Received: variant={variant!r}")
+    num_classes, init, mean, std = _check_args(variant, num_classes, groups, init, dropout, mean, std)
     spec = VARIANTS[variant]
-    if num_classes is None:
-        num_classes = spec.default_classes
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
-    if groups not in (1, 2):
-        raise ValueError(f"`groups` must be 1 or 2. Received: groups={groups!r}")
-    init = init or spec.default_init
-    if init not in INITS:
-        raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    mean = tuple(spec.mean if mean is None else mean)
-    std = tuple(spec.std if std is None else std)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"`mean` and `std` need 3 values, std positive. Received: mean={mean}, std={std}")
 
     def layer_seed(i):
         return None if seed is None else seed + i

@@ -1,9 +1,20 @@
 """The layout of a training run's folder (`--model_dir`) and loading a trained model from it.
 
+Every file name inside a run folder is spelled here and nowhere else:
+
     MODEL_DIR/run.json            variant, class count and names, model options, flags
     MODEL_DIR/best.weights.h5     weights with the best validation top-1
     MODEL_DIR/latest.weights.h5   weights at the end of the last finished epoch
-    MODEL_DIR/ckpt/               full training state for resuming (see training.py)
+    MODEL_DIR/ckpt/               full training state for resuming (see training.TrainState)
+    MODEL_DIR/pca.json            RGB eigen-decomposition of the PCA colour jitter (--pca_std)
+    MODEL_DIR/log.csv             one row of metrics per finished epoch
+    MODEL_DIR/logs/               the same metrics as TensorBoard scalars
+    MODEL_DIR/summary.json        the run summary, written when training ends
+    MODEL_DIR/curves.png          loss and top-1 per epoch
+    MODEL_DIR/eval.json           metrics of the last `main.py evaluate`
+    MODEL_DIR/confusion.png       its confusion matrix
+    MODEL_DIR/export/             where `main.py export` writes by default
+    MODEL_DIR/.worker-N/          a multi-worker run's other workers' own files
 """
 
 from __future__ import annotations
@@ -19,6 +30,20 @@ from alexnet_tf.model import build_alexnet
 
 RUN_INFO = "run.json"
 WEIGHTS = {name: f"{name}.weights.h5" for name in CHECKPOINTS}
+CHECKPOINT_DIR = "ckpt"
+PCA = "pca.json"
+LOG_CSV = "log.csv"
+TENSORBOARD_DIR = "logs"
+SUMMARY = "summary.json"
+CURVES = "curves.png"
+EVAL = "eval.json"
+CONFUSION = "confusion.png"
+EXPORT_DIR = "export"
+
+
+def worker_dir(model_dir: str, worker_index: int) -> str:
+    """The folder of a multi-worker run's non-chief worker, inside the chief's run folder."""
+    return os.path.join(model_dir, f".worker-{worker_index}")
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -5,245 +5,115 @@ serves one device, several local GPUs and several workers, and so that a
 checkpoint holds everything a resumed run needs: weights, optimizer slots,
 dropout RNG state, schedule state, epoch and step. The data order and the
 augmentation draws are functions of (seed, epoch, step), so they need no state.
+
+Here: the loop (`_train`, `_run_epoch`, `_end_epoch`) and the state it checkpoints
+(`TrainState`). Around it: run_setup.py (devices, folder, data, run.json), train_step.py
+(the step), schedule.py, finetune.py (--init_from) and run_log.py (log.csv, summary.json).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
 import os
 import time
 
-import numpy as np
 import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import conv_grad, cpu_info, rundir
-from alexnet_tf.config import CHECKPOINTS, WEIGHT_LAYERS, TrainConfig
+from alexnet_tf import conv_grad, finetune, run_log, rundir
+from alexnet_tf.config import TrainConfig
 from alexnet_tf.averaging import WeightAverage, swapped_in
-from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
 from alexnet_tf.evaluation import evaluate_dataset
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
-from data_pipeline import preprocess
-
-CKPT_SUBDIR = "ckpt"
-PCA_FILE = "pca.json"
-CSV_LOG = "log.csv"
-SUMMARY = "summary.json"
-# Options that must match for a run to resume from a checkpoint.
-RESUME_KEYS = ("variant", "num_classes", "model_kwargs", "weight_average", "trainable_from")
+from alexnet_tf.run_setup import Run, augment_config, open_run
+from alexnet_tf.schedule import LearningRate
+from alexnet_tf.train_step import epoch_dataset, make_replica_step, make_train_step, use_jit
 
 
-class LearningRate:
-    """The learning-rate schedules; its state (for plateau) lives in checkpointed variables."""
+@dataclasses.dataclass(eq=False)
+class TrainState:
+    """The model and everything else a resumed run needs, with the checkpoint that holds them."""
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    average: WeightAverage | None  # --ema_decay's averaged weights
+    schedule: LearningRate
+    epoch: tf.Variable          # finished epochs
+    step_in_epoch: tf.Variable  # steps done of the epoch in progress
+    global_step: tf.Variable
+    epoch_sums: tf.Variable     # the epoch in progress: loss sum, top-1 hits, top-5 hits, images
+    manager: tf.train.CheckpointManager  # MODEL_DIR/ckpt
 
-    def __init__(self, config: TrainConfig, steps_per_epoch: int):
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = steps_per_epoch * config.epochs
-        self.warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-        # Plateau state.
-        self.scale = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="lr_scale")
-        self.best_val = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_top1")
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
-        self.drops = tf.Variable(0, dtype=tf.int64, trainable=False, name="lr_drops")
+    @classmethod
+    def create(cls, run: Run, init: finetune.InitSource | None, *, resuming: bool) -> TrainState:
+        """Builds the model (from --init_from's weights, frozen before --trainable_from), the
+        optimizer, the weight average, the schedule and the counters, on `run`'s strategy."""
+        config = run.config
+        with run.strategy.scope():
+            model = build_alexnet(config.model, run.num_classes, seed=config.seed,
+                                  lrn_implementation=config.lrn_implementation, **run.model_kwargs)
+            finetune.start_from(model, init, run.source.class_names, config, resuming=resuming,
+                                verbose=run.is_chief)
+            if conv_grad.wanted(run.precision, run.strategy):
+                switched = conv_grad.use_matmul_filter_grad(model)
+                if switched and run.verbose:
+                    print(f"Kernel gradients of {', '.join(switched)} as bfloat16 matmuls (faster on CPUs).")
+            optimizer = FusedMomentumSGD(learning_rate=config.learning_rate, momentum=config.momentum,
+                                         coupled_decay=config.weight_decay)
+            if run.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(model.trainable_variables)
+            average = WeightAverage(model.trainable_variables, config.ema_decay) if config.ema_decay else None
+            schedule = LearningRate(config, run.steps_per_epoch)
+            epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+            global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            epoch_sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False, name="epoch_sums")
+        # These names are the checkpoint's format: runs written before resume only while they stay.
+        checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer,
+            rng_states=[v.value for v in model.non_trainable_variables],
+            epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
+            epoch_sums=epoch_sums, lr_scale=schedule.scale, best_val=schedule.best_val,
+            bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops,
+            **({"weight_average": average.shadows} if average is not None else {}))
+        manager = tf.train.CheckpointManager(checkpoint, os.path.join(run.model_dir, rundir.CHECKPOINT_DIR),
+                                             max_to_keep=config.keep_checkpoints)
+        return cls(model=model, optimizer=optimizer, average=average, schedule=schedule, epoch=epoch,
+                   step_in_epoch=step_in_epoch, global_step=global_step, epoch_sums=epoch_sums,
+                   manager=manager)
 
-    def __call__(self, step: int) -> float:
-        c = self.config
-        base = c.learning_rate
-        if self.warmup_steps and step < self.warmup_steps and c.lr_schedule != "plateau":
-            return base * (step + 1) / self.warmup_steps
-        if c.lr_schedule == "plateau":
-            return base * float(self.scale.numpy())
-        if c.lr_schedule == "step":  # /10 after each third of the run
-            third = max(1, self.total_steps // 3)
-            return base * 0.1 ** min(2, step // third)
-        span = max(1, self.total_steps - self.warmup_steps)  # cosine
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def restore_latest(self, checkpoint_dir: str, steps_per_epoch: int, verbose: bool) -> None:
+        """Restores the newest checkpoint in `checkpoint_dir` (the chief's, on every worker), if any."""
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        if not latest:
+            return
+        self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s (epoch %d, step %d of the epoch).", latest,
+                     int(self.epoch.numpy()) + 1, int(self.step_in_epoch.numpy()))
+        if verbose:
+            print(f"Resuming from {latest}: epoch {int(self.epoch.numpy()) + 1}, "
+                  f"step {int(self.step_in_epoch.numpy())} of {steps_per_epoch}.")
 
-    def improves(self, val_top1: float) -> bool:
-        """Whether `val_top1` beats every epoch recorded so far."""
-        return val_top1 > float(self.best_val.numpy())
+    def weights_finite(self) -> bool:
+        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables)
 
-    def end_of_epoch(self, val_top1: float) -> bool:
-        """Records an epoch's val top-1; returns True when the plateau rule divided the rate."""
-        if self.improves(val_top1):
-            self.best_val.assign(val_top1)
-            self.bad_epochs.assign(0)
-            return False
-        self.bad_epochs.assign_add(1)
-        if (self.config.lr_schedule == "plateau" and self.bad_epochs.numpy() >= self.config.plateau_patience
-                and self.drops.numpy() < self.config.max_lr_drops):
-            self.scale.assign(self.scale * 0.1)
-            self.drops.assign_add(1)
-            self.bad_epochs.assign(0)
-            return True
-        return False
+    def diverged(self, what: str) -> None:
+        raise FloatingPointError(
+            f"{what}; stopped. The last good checkpoint is kept: "
+            f"{self.manager.latest_checkpoint or 'none yet'}. "
+            "Lower --learning_rate, or use --precision=float32.")
 
-
-def check_model_dir(model_dir: str) -> None:
-    """Creates `model_dir` or raises a clear error when it cannot hold a run."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise NotADirectoryError(f"--model_dir={model_dir!r} is a file; give a folder for the run.")
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"Cannot create --model_dir={model_dir!r}: {e.strerror}.") from None
-    if not os.access(model_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"--model_dir={model_dir!r} is not writable.")
-
-
-def _jit(config: TrainConfig) -> bool:
-    if config.jit_compile == "auto":
-        # Measured slower than TF's graph mode with oneDNN on CPUs; a win on GPUs.
-        return bool(tf.config.list_logical_devices("GPU"))
-    return config.jit_compile == "true"
-
-
-def _run_info(config: TrainConfig, source, num_classes: int, init: InitSource | None) -> dict:
-    model_kwargs = {"groups": config.groups, "init": config.init, "dropout": config.dropout}
-    if init is not None:  # the architecture and the input normalisation travel with the weights
-        model_kwargs["groups"] = init.model_kwargs.get("groups", 1)
-        model_kwargs.update({k: init.model_kwargs[k] for k in ("mean", "std") if k in init.model_kwargs})
-    return {
-        "variant": config.model,
-        "num_classes": num_classes,
-        "class_names": list(source.class_names),
-        "model_kwargs": model_kwargs,
-        # The checkpoint holds the averaged weights only when averaging is on.
-        "weight_average": config.ema_decay or None,
-        "trainable_from": config.trainable_from,
-        "init_from": None if init is None else init.record(),
-        "dataset": config.dataset,
-        "data_dir": os.path.abspath(config.data_dir) if config.data_dir else None,
-        "config": dataclasses.asdict(config),
-    }
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSource:
-    """The run whose weights a fine-tuning run starts from (`--init_from`)."""
-    path: str
-    weights: str
-    variant: str
-    num_classes: int
-    model_kwargs: dict
-    class_names: tuple = ()
-
-    def record(self) -> dict:
-        """What run.json keeps of it (a resumed run reads this instead of the source)."""
-        return {"path": self.path, "weights": self.weights, "variant": self.variant,
-                "num_classes": self.num_classes, "model_kwargs": self.model_kwargs}
-
-
-def read_init_source(init_from: str) -> InitSource:
-    """Resolves `--init_from`: a run folder (its best weights, else its latest) or a
-    `.weights.h5` file inside a run folder.
-
-    Raises:
-        FileNotFoundError: nothing there, no run.json beside the weights, or no weights.
-        ValueError: a file that is not a Keras `.weights.h5`.
-    """
-    if os.path.isfile(init_from):
-        if not init_from.endswith(".weights.h5"):
-            raise ValueError(f"--init_from={init_from!r} is not a run folder or a .weights.h5 file.")
-        folder, weights = os.path.dirname(os.path.abspath(init_from)), os.path.abspath(init_from)
-    elif os.path.isdir(init_from):
-        folder = os.path.abspath(init_from)
-        found = [os.path.join(folder, rundir.WEIGHTS[k]) for k in CHECKPOINTS
-                 if os.path.isfile(os.path.join(folder, rundir.WEIGHTS[k]))]
-        if not found:
-            raise FileNotFoundError(f"--init_from={init_from!r} holds no weights yet (no "
-                                    f"{rundir.WEIGHTS['best']} or {rundir.WEIGHTS['latest']}).")
-        weights = found[0]
-    else:
-        raise FileNotFoundError(f"--init_from={init_from!r} does not exist; give a run folder "
-                                "(trained, or written by `convert`) or a .weights.h5 file in one.")
-    info = rundir.read_run_info(folder)
-    return InitSource(path=os.path.abspath(init_from), weights=weights, variant=info["variant"],
-                      num_classes=int(info["num_classes"]), model_kwargs=info.get("model_kwargs", {}),
-                      class_names=tuple(info.get("class_names") or ()))
-
-
-def _init_source(config: TrainConfig, resuming: bool) -> InitSource | None:
-    """The --init_from source; a resumed run takes it from its own run.json (no reload)."""
-    if not config.init_from:
-        return None
-    if resuming and os.path.isfile(os.path.join(config.model_dir, rundir.RUN_INFO)):
-        stored = rundir.read_run_info(config.model_dir).get("init_from")
-        if stored:
-            return InitSource(**stored)
-    return read_init_source(config.init_from)
-
-
-def _with_variant(config: TrainConfig, init: InitSource | None) -> TrainConfig:
-    """The config with the variant of the run it starts from (an explicit --model must agree)."""
-    if init is None:
-        if config.model is None:
-            raise ValueError("No model variant: pass --model, or --init_from=RUN to take its variant.")
-        return config
-    if config.model is not None and config.model != init.variant:
-        raise ValueError(f"--model={config.model} differs from the {init.variant!r} run of "
-                         f"--init_from={config.init_from!r}; leave --model out to take its variant.")
-    return dataclasses.replace(config, model=init.variant)
-
-
-def load_init_weights(model: keras.Model, init: InitSource, class_names) -> str:
-    """Copies the weights of `init` into `model`, layer by layer; fc8 stays new (as
-    initialised) when the classes differ.
-
-    Returns:
-        A line for the log saying what was loaded.
-    """
-    source = rundir.build_from_run_info({"variant": init.variant, "num_classes": init.num_classes,
-                                         "model_kwargs": init.model_kwargs})
-    source.load_weights(init.weights)
-    new_head = init.num_classes != len(class_names) or (
-        bool(init.class_names) and list(init.class_names) != list(class_names))
-    loaded = [name for name in WEIGHT_LAYERS if not (new_head and name == "fc8")]
-    for name in loaded:
-        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
-    head = (f"; fc8 is new ({len(class_names)} classes, freshly initialised; the source has "
-            f"{init.num_classes})" if new_head else "")
-    return f"Initialised {', '.join(loaded)} from {init.weights}{head}."
-
-
-def freeze_before(model: keras.Model, layer_name: str | None) -> list[str]:
-    """Freezes every layer before `layer_name` (one of `WEIGHT_LAYERS`); None freezes nothing.
-
-    Returns:
-        The names of the frozen layers that hold weights.
-
-    Raises:
-        ValueError: on a name that is not one of `WEIGHT_LAYERS`.
-    """
-    if layer_name is None:
-        return []
-    if layer_name not in WEIGHT_LAYERS:
-        raise ValueError(f"`trainable_from` must be one of {WEIGHT_LAYERS}. "
-                         f"Received: trainable_from={layer_name!r}")
-    frozen = []
-    for layer in model.layers:
-        if layer.name == layer_name:
-            break
-        layer.trainable = False
-        if layer.name in WEIGHT_LAYERS:
-            frozen.append(layer.name)
-    return frozen
-
-
-def _check_resumable(old: dict, new: dict, model_dir: str) -> None:
-    for key in RESUME_KEYS:
-        if old.get(key) != new.get(key):
-            raise ValueError(
-                f"--model_dir={model_dir!r} holds a run with {key}={old.get(key)!r}, but this run "
-                f"asks for {key}={new.get(key)!r}. Use another --model_dir, or the same settings "
-                "to resume.")
+    def save(self, *, check_finite: bool = False) -> None:
+        """Checkpoints at the global step; with `check_finite`, unless the last update left a
+        weight NaN or infinite."""
+        step = int(self.global_step.numpy())
+        if check_finite and not self.weights_finite():
+            self.diverged(f"A weight became NaN or infinite at step {step}")
+        self.manager.save(checkpoint_number=step)
 
 
 class _Progress:
@@ -274,7 +144,9 @@ def train(config: TrainConfig) -> dict:
     """
     policy = keras.mixed_precision.global_policy()
     if config.model_dir is None:
-        variant = config.model or read_init_source(config.init_from).variant if config.init_from else config.model
+        variant = config.model
+        if not variant and config.init_from:
+            variant = finetune.read_init_source(config.init_from).variant
         config = dataclasses.replace(config, model_dir=os.path.join("runs", f"{variant}-{config.dataset}"))
     try:
         return _train(config)
@@ -285,7 +157,7 @@ def train(config: TrainConfig) -> dict:
         raise ClusterError(
             f"Lost another worker of the cluster ({type(e).__name__}: {first_line}). Nothing is lost: "
             f"restart every worker with the same flags and TF_CONFIG, and training resumes from "
-            f"the chief's last checkpoint in {os.path.join(config.model_dir, CKPT_SUBDIR)} "
+            f"the chief's last checkpoint in {os.path.join(config.model_dir, rundir.CHECKPOINT_DIR)} "
             "(use --checkpoint_every_steps to lose fewer steps).") from None
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -301,442 +173,116 @@ def _train(config: TrainConfig) -> dict:
         ValueError: on conflicting settings or data problems; FloatingPointError
         when the loss stops being finite (the last good checkpoint is kept).
     """
-    from data_pipeline import augment as aug
-
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
-    resuming = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR)) is not None
-    init = _init_source(config, resuming)
-    config = _with_variant(config, init)
-    if config.cpu_devices > 1:
-        split_cpu(config.cpu_devices)
-    strategy, is_chief, num_workers, worker_index = make_strategy(config.strategy)
-    precision, why = _set_precision(config.precision)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
-                         f"{replicas} replicas of --strategy={config.strategy}.")
-    model_dir = config.model_dir if is_chief else os.path.join(config.model_dir, f".worker-{worker_index}")
-    check_model_dir(model_dir)
-
-    source = _load_source(config, verbose=bool(config.verbose) and is_chief)
-    num_classes = len(source.class_names)
-    if config.verbose and is_chief:
-        print(f"Precision: {precision} ({why}); {replicas} replica(s) of {strategy.__class__.__name__}; "
-              f"oneDNN {cpu_info.onednn_description()}.")
-
-    info = _run_info(config, source, num_classes, init)
-    info_path = os.path.join(config.model_dir, rundir.RUN_INFO)
-    if os.path.isfile(info_path):
-        _check_resumable(rundir.read_run_info(config.model_dir), info, config.model_dir)
-    if is_chief:
-        rundir.write_run_info(config.model_dir, info)
-
-    full_steps = source.num_train // config.batch_size
-    if full_steps == 0:
-        raise ValueError(f"--batch_size={config.batch_size} is larger than the training split "
-                         f"({source.num_train} images).")
-    steps_per_epoch = min(full_steps, config.steps_per_epoch) if config.steps_per_epoch else full_steps
-
-    pca = _pca(config, source, model_dir if is_chief else config.model_dir) if config.pca_std else None
-    aug_config = aug.AugmentConfig.for_variant(
-        config.model, flip=config.flip, noise_std=config.noise_std, pca_std=config.pca_std,
-        cutout=config.cutout, pca_eigvals=None if pca is None else tuple(pca["eigvals"]),
-        pca_eigvecs=None if pca is None else tuple(map(tuple, pca["eigvecs"])))
-
-    with strategy.scope():
-        model = build_alexnet(config.model, num_classes, seed=config.seed,
-                              lrn_implementation=config.lrn_implementation,
-                              **info["model_kwargs"])
-        _start_from(model, init, source.class_names, config, resuming=resuming, verbose=is_chief)
-        if conv_grad.wanted(precision, strategy):
-            switched = conv_grad.use_matmul_filter_grad(model)
-            if switched and config.verbose and is_chief:
-                print(f"Kernel gradients of {', '.join(switched)} as bfloat16 matmuls (faster on CPUs).")
-        optimizer = FusedMomentumSGD(learning_rate=config.learning_rate, momentum=config.momentum,
-                                     coupled_decay=config.weight_decay)
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-        average = WeightAverage(model.trainable_variables, config.ema_decay) if config.ema_decay else None
-        schedule = LearningRate(config, steps_per_epoch)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        # Training metrics of the epoch in progress: loss sum, top-1 hits, top-5 hits, images.
-        epoch_sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False, name="epoch_sums")
-
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer,
-        rng_states=[v.value for v in model.non_trainable_variables],
-        epoch=epoch_var, step_in_epoch=step_in_epoch, global_step=global_step,
-        epoch_sums=epoch_sums, lr_scale=schedule.scale, best_val=schedule.best_val,
-        bad_epochs=schedule.bad_epochs, lr_drops=schedule.drops,
-        **({"weight_average": average.shadows} if average is not None else {}))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CKPT_SUBDIR),
-                                         max_to_keep=config.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CKPT_SUBDIR))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s (epoch %d, step %d of the epoch).", latest,
-                     int(epoch_var.numpy()) + 1, int(step_in_epoch.numpy()))
-        if config.verbose:
-            print(f"Resuming from {latest}: epoch {int(epoch_var.numpy()) + 1}, "
-                  f"step {int(step_in_epoch.numpy())} of {steps_per_epoch}.")
-
+    checkpoint_dir = os.path.join(config.model_dir, rundir.CHECKPOINT_DIR)  # the chief's
+    resuming = tf.train.latest_checkpoint(checkpoint_dir) is not None
+    init = finetune.resolve_init_source(config, resuming)
+    config = finetune.with_variant(config, init)
+    run = open_run(config, init)
+    augment = augment_config(run)
+    state = TrainState.create(run, init, resuming=resuming)
+    state.restore_latest(checkpoint_dir, run.steps_per_epoch, verbose=bool(config.verbose))
     replica_step = make_replica_step(
-        model, optimizer, variant=config.model, global_batch=config.batch_size, top_k=min(5, num_classes),
-        label_smoothing=config.label_smoothing, augment=aug_config if config.augment else None,
-        seed=config.seed, seed_offset=worker_index * (replicas // num_workers))
-    compiled_step = tf.function(replica_step, jit_compile=_jit(config), reduce_retracing=True)
+        state.model, state.optimizer, variant=config.model, global_batch=config.batch_size,
+        top_k=min(5, run.num_classes), label_smoothing=config.label_smoothing,
+        augment=augment if config.augment else None,
+        seed=config.seed, seed_offset=run.worker_index * run.local_replicas)
+    train_step = make_train_step(run.strategy, replica_step, average=state.average,
+                                 jit_compile=use_jit(config))
 
-    @tf.function
-    def train_step(images, labels, step):
-        sums = strategy.run(compiled_step, args=(images, labels, step))
-        if average is not None:
-            average.update(step + 1)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
-
-    csv_path = os.path.join(model_dir, CSV_LOG)
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if is_chief else None
-    history = _read_history(csv_path)
-    best_path = os.path.join(model_dir, rundir.WEIGHTS["best"])
-    latest_path = os.path.join(model_dir, rundir.WEIGHTS["latest"])
+    log = run_log.RunLog(run.model_dir, write=run.is_chief)
     # A resumed run goes on counting from the wall time its last finished epoch recorded
     # (the time between a crash and the resume is not counted).
-    start_time = time.time() - (history[-1]["wall_seconds"] if history else 0.0)
-    val_ds = source.val_dataset(config.batch_size)
+    start_time = time.time() - (log.history[-1]["wall_seconds"] if log.history else 0.0)
+    val_ds = run.source.val_dataset(config.batch_size)
+    while int(state.epoch.numpy()) < config.epochs:
+        trained = _run_epoch(run, state, train_step)
+        _end_epoch(run, state, val_ds, trained, log, start_time)
 
-    while int(epoch_var.numpy()) < config.epochs:
-        epoch = int(epoch_var.numpy())
-        skip = int(step_in_epoch.numpy())
-        if config.verbose and is_chief:
-            print(f"Epoch {epoch + 1}/{config.epochs}")
-        ds = _epoch_dataset(strategy, source, config.batch_size, epoch, skip,
-                            steps_per_epoch - skip, replicas // num_workers)
-        progress = _Progress(steps_per_epoch, bool(config.verbose) and is_chief)
-        epoch_start = time.time()
-        for images, labels in ds:
-            step = int(global_step.numpy())
-            lr = schedule(step)
-            optimizer.learning_rate.assign(lr)
-            sums = train_step(images, labels, tf.constant(step, tf.int64))
-            epoch_sums.assign_add(sums)
-            loss_sum, hits, _, n = epoch_sums.numpy()
-            batch_loss = float(sums[0].numpy()) / max(1.0, float(sums[3].numpy()))
-            if not math.isfinite(batch_loss):
-                _diverged(f"The training loss became {batch_loss} at step {step} (epoch {epoch + 1})",
-                          manager)
-            global_step.assign_add(1)
-            step_in_epoch.assign_add(1)
-            progress.update(int(step_in_epoch.numpy()),
-                            [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
-            if (config.checkpoint_every_steps and int(global_step.numpy()) % config.checkpoint_every_steps == 0
-                    and int(step_in_epoch.numpy()) < steps_per_epoch):
-                _save_if_finite(manager, model, int(global_step.numpy()))
-        epoch_train_seconds = time.time() - epoch_start
-        epoch_images = (int(step_in_epoch.numpy()) - skip) * config.batch_size
-        if not _all_finite(model):
-            _diverged(f"A weight became NaN or infinite in epoch {epoch + 1}", manager)
-
-        # With --ema_decay the averaged weights are the ones evaluated, saved as
-        # best/latest weights and exported; the checkpoint holds both for resuming.
-        with swapped_in(average):
-            eval_start = time.time()
-            val = evaluate_dataset(model, val_ds, config.model, num_classes)
-            eval_seconds = time.time() - eval_start
-            rundir.save_weights_atomic(model, latest_path)  # non-chief workers: in their own folder
-            if is_chief and schedule.improves(val["top1"]):
-                rundir.save_weights_atomic(model, best_path)
-        loss_sum, hits, k_hits, n = (float(v) for v in epoch_sums.numpy())
-        record = {
-            "epoch": epoch + 1, "lr": schedule(int(global_step.numpy()) - 1),
-            "loss": loss_sum / n, "top1": hits / n, "top5": k_hits / n if num_classes > 5 else None,
-            "val_loss": val["loss"], "val_top1": val["top1"],
-            "val_top5": val["top5"] if num_classes > 5 else None,
-            "seconds": time.time() - epoch_start, "eval_seconds": eval_seconds,
-            # The training steps this process ran in the epoch and their time (an epoch resumed
-            # mid-way counts its resumed part): the throughput in summary.json sums these.
-            "train_images": epoch_images, "train_seconds": epoch_train_seconds,
-            "wall_seconds": time.time() - start_time,
-        }
-        dropped = schedule.end_of_epoch(val["top1"])
-        epoch_var.assign_add(1)
-        step_in_epoch.assign(0)
-        epoch_sums.assign(tf.zeros([4], tf.float64))
-        manager.save(checkpoint_number=int(global_step.numpy()))
-        history.append(record)
-        if is_chief:
-            _log_epoch(csv_path, writer, record, history)
-        if config.verbose and is_chief:
-            top5 = f" val_top5 {record['val_top5']:.4f}" if record["val_top5"] is not None else ""
-            print(f"epoch {epoch + 1}: loss {record['loss']:.4f} top1 {record['top1']:.4f} "
-                  f"val_loss {record['val_loss']:.4f} val_top1 {record['val_top1']:.4f}{top5} "
-                  f"lr {record['lr']:.3g}" + (" (learning rate divided by 10)" if dropped else ""))
-
-    summary = _summary(config, history, start_time, num_classes)
-    summary["precision"] = precision
-    if is_chief:
-        rundir.atomic_write_text(os.path.join(model_dir, SUMMARY), json.dumps(summary, indent=2))
-        _plot_curves(history, os.path.join(model_dir, "curves.png"))
+    summary = run_log.summarize(config, log.history, start_time, run.num_classes)
+    summary["precision"] = run.precision
+    if run.is_chief:
+        rundir.atomic_write_text(os.path.join(run.model_dir, rundir.SUMMARY), json.dumps(summary, indent=2))
+        run_log.plot_curves(log.history, os.path.join(run.model_dir, rundir.CURVES))
     return summary
 
 
-def _set_precision(precision: str) -> tuple[str, str]:
-    """Sets Keras' global dtype policy for --precision; returns (policy, why it was chosen)."""
-    precision, why = resolve_precision(precision)
-    keras.mixed_precision.set_global_policy(precision)
-    if bfloat16_emulated(precision):
-        logging.warning("This CPU has no bfloat16 units (AMX or AVX512-BF16): oneDNN emulates bfloat16, "
-                        "and --precision=mixed_bfloat16 trains slower than float32 here. "
-                        "--precision=auto picks float32 on this CPU.")
-    return precision, why
-
-
-def _load_source(config: TrainConfig, verbose: bool):
-    """Opens the run's dataset and reports it (and the unreadable files it skipped)."""
-    from data_pipeline.pipeline import load_data
-
-    source = load_data(config.dataset, config.data_dir, config.model, seed=config.seed,
-                       cache=config.cache, strict=config.strict, num_classes=config.num_classes,
-                       synthetic_examples=config.synthetic_examples)
-    for path, reason in source.skipped:
-        logging.warning("Skipped unreadable image %s: %s", path, reason)
-    if source.skipped:
-        logging.warning("Skipped %d unreadable images in all.", len(source.skipped))
-    if verbose:
-        print(f"Data: {config.dataset}, {len(source.class_names)} classes, {source.num_train} train "
-              f"and {source.num_val} val images" + (f", {len(source.skipped)} unreadable files "
-                                                   "skipped" if source.skipped else "") + ".")
-    return source
-
-
-def _start_from(model, init: InitSource | None, class_names, config: TrainConfig, *, resuming: bool,
-                verbose: bool) -> None:
-    """Loads --init_from's weights (unless resuming: the checkpoint has them) and freezes
-    the layers before --trainable_from."""
-    if init is not None and not resuming:
-        message = load_init_weights(model, init, class_names)
-        if verbose and config.verbose:
-            print(message)
-    frozen = freeze_before(model, config.trainable_from)
-    if frozen and verbose and config.verbose:
-        print(f"Frozen (not trained, no weight decay): {', '.join(frozen)}; "
-              f"trained from {config.trainable_from} on.")
-
-
-def split_normalization(model: keras.Model):
-    """The model after its `normalize` layer, and that layer's arithmetic as a function.
-
-    The augmenting train step normalises inside its XLA augmentation (one pass over the
-    pixels instead of the layer's two unfused ops) and runs the rest of the model on the
-    result. The trunk shares the model's layers and weights; the model itself, and
-    so every export, keeps its `normalize` layer. A model without one is returned whole.
-    """
-    try:
-        layer = model.get_layer("normalize")
-    except ValueError:
-        return model, lambda x: x
-    # The configured float statistics: under mixed precision the layer's own copies are rounded.
-    config = layer.get_config()
-    mean = np.asarray(layer.mean if config["mean"] is None else config["mean"], np.float32).reshape(-1)
-    var = np.asarray(layer.variance if config["variance"] is None else config["variance"], np.float32)
-    std = np.maximum(np.sqrt(var.reshape(-1)), keras.backend.epsilon())
-    return keras.Model(layer.output, model.output, name=f"{model.name}_trunk"), lambda x: (x - mean) / std
-
-
-def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
-                      top_k: int, label_smoothing: float = 0.0,
-                      augment=None, seed: int = 0,
-                      seed_offset: int = 0):
-    """The per-replica train step: augmentation, forward, loss, the SGD update, metrics.
-
-    Args:
-        model: the AlexNet being trained.
-        optimizer: a `FusedMomentumSGD` (the paper's update and weight decay) or another
-            Keras optimizer, possibly inside a LossScaleOptimizer.
-        variant: model variant (the eval crop when `augment` is None).
-        global_batch: images per step over all replicas (the loss is their mean).
-        top_k: k of the top-k accuracy.
-        label_smoothing: eps of the training loss's targets (1 - eps) * one_hot + eps / classes.
-        augment: an `AugmentConfig`, or None for the deterministic centre crop.
-        seed, seed_offset: augmentation draws use the stateless seed
-            [seed * 1000003 + seed_offset + replica id, step].
+def _run_epoch(run: Run, state: TrainState, train_step) -> tuple[float, float, int]:
+    """Runs the steps left of the epoch in progress (all of them unless it resumes mid-way).
 
     Returns:
-        `step(images_uint8, labels, step) -> float64 [4]`: summed loss, top-1 hits,
-        top-k hits and image count of the replica's batch.
+        (start time, seconds, images) of the steps this process ran.
     """
-    net = model
-    if augment is not None:
-        from data_pipeline.augment import augment_batch
-        net, normalize = split_normalization(model)
-
-        # XLA fuses the per-image gathers and colour arithmetic: ~8x faster than the plain
-        # graph at the paper's 256->227 crops on a CPU. Inside an XLA train step it is inlined.
-        @tf.function(jit_compile=True)
-        def augment_fn(images, aug_seed):
-            return normalize(augment_batch(images, aug_seed, augment))
-
-    def replica_step(images, labels, step):
-        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + replica_id
-        if augment is not None:
-            x = augment_fn(images, tf.stack([stream, tf.cast(step, tf.int64)]))
-        else:
-            x = preprocess.eval_images(images, variant)
-        variables = model.trainable_variables
-        # Only the trainable variables are watched, so frozen layers record no gradient ops.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([v.value for v in variables])
-            logits = tf.cast(net(x, training=True), tf.float32)
-            if label_smoothing:
-                targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
-                per_example = keras.losses.categorical_crossentropy(
-                    targets, logits, from_logits=True, label_smoothing=label_smoothing)
-            else:
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        # LossScaleOptimizer unscales and skips steps with non-finite gradients; the
-        # optimizer adds the weight decay to the replica-summed gradients.
-        optimizer.apply_gradients(zip(grads, variables))
-        labels = tf.cast(labels, tf.int32)
-        top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64))
-        topk = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, top_k), tf.float64))
-        n = tf.cast(tf.shape(labels)[0], tf.float64)
-        return tf.stack([tf.cast(tf.reduce_sum(per_example), tf.float64), top1, topk, n])
-
-    return replica_step
+    config = run.config
+    epoch, skip = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
+    if run.verbose:
+        print(f"Epoch {epoch + 1}/{config.epochs}")
+    ds = epoch_dataset(run.strategy, run.source, config.batch_size, epoch, skip,
+                       run.steps_per_epoch - skip, run.local_replicas)
+    progress = _Progress(run.steps_per_epoch, run.verbose)
+    start = time.time()
+    for images, labels in ds:
+        step = int(state.global_step.numpy())
+        lr = state.schedule(step)
+        state.optimizer.learning_rate.assign(lr)
+        sums = train_step(images, labels, tf.constant(step, tf.int64))
+        state.epoch_sums.assign_add(sums)
+        loss_sum, hits, _, n = state.epoch_sums.numpy()
+        batch_loss = float(sums[0].numpy()) / max(1.0, float(sums[3].numpy()))
+        if not math.isfinite(batch_loss):
+            state.diverged(f"The training loss became {batch_loss} at step {step} (epoch {epoch + 1})")
+        state.global_step.assign_add(1)
+        state.step_in_epoch.assign_add(1)
+        progress.update(int(state.step_in_epoch.numpy()),
+                        [("loss", loss_sum / n), ("top1", hits / n), ("lr", lr)])
+        every = config.checkpoint_every_steps
+        if (every and int(state.global_step.numpy()) % every == 0
+                and int(state.step_in_epoch.numpy()) < run.steps_per_epoch):
+            state.save(check_finite=True)
+    seconds = time.time() - start
+    images = (int(state.step_in_epoch.numpy()) - skip) * config.batch_size
+    if not state.weights_finite():
+        state.diverged(f"A weight became NaN or infinite in epoch {epoch + 1}")
+    return start, seconds, images
 
 
-def _all_finite(model: keras.Model) -> bool:
-    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables)
-
-
-def _diverged(what: str, manager) -> None:
-    raise FloatingPointError(
-        f"{what}; stopped. The last good checkpoint is kept: {manager.latest_checkpoint or 'none yet'}. "
-        "Lower --learning_rate, or use --precision=float32.")
-
-
-def _save_if_finite(manager, model: keras.Model, step: int) -> None:
-    """Checkpoints, unless the last update left a weight NaN or infinite."""
-    if not _all_finite(model):
-        _diverged(f"A weight became NaN or infinite at step {step}", manager)
-    manager.save(checkpoint_number=step)
-
-
-def _epoch_dataset(strategy, source, global_batch: int, epoch: int, skip: int, steps: int,
-                   local_replicas: int):
-    """One epoch's batches from step `skip` on, split over the strategy's replicas.
-
-    Global batch k is the concatenation of the replicas' batches k, so every
-    topology sees the same images in the same steps as a single device.
-    """
-    if strategy.num_replicas_in_sync == 1:
-        return source.train_dataset(global_batch, epoch, skip_batches=skip).take(steps)
-
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        per_replica = ctx.get_per_replica_batch_size(global_batch)
-        ds = source.train_dataset(per_replica, epoch, skip_batches=skip * local_replicas,
-                                  num_shards=ctx.num_input_pipelines, shard_index=ctx.input_pipeline_id)
-        return ds.take(steps * local_replicas)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def _pca(config: TrainConfig, source, model_dir: str) -> dict:
-    """The RGB eigen-decomposition for the PCA colour jitter, computed once per run."""
-    from data_pipeline.augment import estimate_rgb_pca
-    path = os.path.join(model_dir, PCA_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    eigvals, eigvecs = estimate_rgb_pca(source.sample_images(10000))
-    pca = {"eigvals": np.asarray(eigvals).tolist(), "eigvecs": np.asarray(eigvecs).tolist()}
-    rundir.atomic_write_text(path, json.dumps(pca, indent=2))
-    return pca
-
-
-def _read_history(csv_path: str) -> list:
-    if not os.path.isfile(csv_path):
-        return []
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
-    for record in history:
-        for key in ("epoch", "train_images"):
-            if record.get(key) is not None:
-                record[key] = int(record[key])
-    return history
-
-
-def _log_epoch(csv_path: str, writer, record: dict, history: list) -> None:
-    fields = list(record)
-    lines = [",".join(fields)]
-    for r in history:
-        lines.append(",".join("" if r.get(k) is None else repr(r.get(k)) for k in fields))
-    rundir.atomic_write_text(csv_path, "\n".join(lines) + "\n")
-    with writer.as_default(step=int(record["epoch"])):
-        for key, value in record.items():
-            if key != "epoch" and value is not None:
-                tf.summary.scalar(key, value)
-    writer.flush()
-
-
-def _summary(config, history, start_time, num_classes) -> dict:
-    val = [r["val_top1"] for r in history]
-    # Logs written before the per-epoch training counts existed leave those epochs out.
-    timed = [r for r in history if r.get("train_images") is not None and r.get("train_seconds")]
-    train_images = sum(r["train_images"] for r in timed)
-    train_seconds = sum(r["train_seconds"] for r in timed)
-    return {
-        "best_val_top1": max(val) if val else None,
-        "final_val_top1": val[-1] if val else None,
-        "final_val_top5": history[-1]["val_top5"] if history and num_classes > 5 else None,
-        "final_val_loss": history[-1]["val_loss"] if history else None,
-        "epochs": len(history),
+def _end_epoch(run: Run, state: TrainState, val_ds, trained: tuple[float, float, int],
+               log: run_log.RunLog, start_time: float) -> None:
+    """Evaluates the epoch just trained, saves the latest (and best) weights, checkpoints,
+    and logs the epoch's record."""
+    config, model, schedule = run.config, state.model, state.schedule
+    epoch_start, train_seconds, train_images = trained
+    epoch = int(state.epoch.numpy())
+    # With --ema_decay the averaged weights are the ones evaluated, saved as
+    # best/latest weights and exported; the checkpoint holds both for resuming.
+    with swapped_in(state.average):
+        eval_start = time.time()
+        val = evaluate_dataset(model, val_ds, config.model, run.num_classes)
+        eval_seconds = time.time() - eval_start
+        # Non-chief workers save in their own folder.
+        rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["latest"]))
+        if run.is_chief and schedule.improves(val["top1"]):
+            rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["best"]))
+    loss_sum, hits, k_hits, n = (float(v) for v in state.epoch_sums.numpy())
+    top5 = run.num_classes > 5
+    record = {
+        "epoch": epoch + 1, "lr": schedule(int(state.global_step.numpy()) - 1),
+        "loss": loss_sum / n, "top1": hits / n, "top5": k_hits / n if top5 else None,
+        "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"] if top5 else None,
+        "seconds": time.time() - epoch_start, "eval_seconds": eval_seconds,
+        # The training steps this process ran in the epoch and their time (an epoch resumed
+        # mid-way counts its resumed part): the throughput in summary.json sums these.
+        "train_images": train_images, "train_seconds": train_seconds,
         "wall_seconds": time.time() - start_time,
-        "images_per_second": train_images / train_seconds if train_seconds else None,
-        "train_images": train_images,
-        "train_seconds": train_seconds,
-        "seconds_to_val_top1": seconds_to_accuracy(history),
-        "history": history,
-        "flags": dataclasses.asdict(config),
     }
-
-
-def seconds_to_accuracy(history: list, thresholds=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)) -> dict:
-    """Wall seconds from the start of the run to the end of the first epoch whose val top-1
-    reaches each threshold (thresholds never reached are left out)."""
-    out = {}
-    for t in thresholds:
-        reached = [r["wall_seconds"] for r in history if r["val_top1"] >= t]
-        if reached:
-            out[f"{t:g}"] = reached[0]
-    return out
-
-
-def _plot_curves(history: list, path: str) -> None:
-    if not history:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["loss"] for r in history], label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in history], label="val")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [r["top1"] for r in history], label="train top-1")
-    ax2.plot(epochs, [r["val_top1"] for r in history], label="val top-1")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    dropped = schedule.end_of_epoch(val["top1"])
+    state.epoch.assign_add(1)
+    state.step_in_epoch.assign(0)
+    state.epoch_sums.assign(tf.zeros([4], tf.float64))
+    state.save()
+    log.add(record)
+    if run.verbose:
+        print(run_log.epoch_line(record, lr_dropped=dropped))

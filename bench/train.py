@@ -1,6 +1,6 @@
 """Training-step throughput: the `train` command's real step beside the bare model, same run.
 
-The real step is `alexnet_tf.training.make_replica_step` (augmentation, the paper's
+The real step is `alexnet_tf.train_step.make_replica_step` (augmentation, the paper's
 L2, metrics) with the per-step host work of the loop (learning-rate assign, metric
 fetch). The bare step is forward, loss, backward and SGD momentum on a ready float
 batch with TF's builtin LRN — what a minimal script measures.
@@ -16,7 +16,8 @@ from alexnet_tf import build_alexnet, conv_grad, forward_flops
 from alexnet_tf.model import VARIANTS
 from alexnet_tf.layers import LocalResponseNormalization
 from alexnet_tf.optimizer import FusedMomentumSGD
-from alexnet_tf.training import TrainConfig, make_replica_step
+from alexnet_tf.config import TrainConfig
+from alexnet_tf.train_step import make_replica_step
 from bench.common import median, time_calls
 from data_pipeline import preprocess
 

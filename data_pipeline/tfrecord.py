@@ -171,8 +171,32 @@ def write_shards(data_dir: str, output_dir: str, shards: int = 16, *, strict: bo
     class_names, listing = sources.scan_folder_tree(data_dir)
     fingerprint = _fingerprint(data_dir, class_names, listing, shards, seed)
     os.makedirs(output_dir, exist_ok=True)
+    plan = _plan(output_dir, fingerprint, data_dir, class_names, listing, strict=strict)
+    bad_paths = {path for path, _ in plan["skipped"]}
+
+    for name in os.listdir(output_dir):  # temp files of a killed run
+        if name.startswith(".") and ".tfrecord.tmp-" in name:
+            os.remove(os.path.join(output_dir, name))
+
+    tasks, splits = _shard_tasks(output_dir, listing, bad_paths, shards, seed)
+    metadata = {"format": FORMAT, "class_names": class_names, "splits": splits,
+                "source": os.path.abspath(data_dir), "fingerprint": fingerprint,
+                "skipped": plan["skipped"]}
+    _write_pending(tasks, output_dir, class_names, data_dir, num_workers=num_workers, progress=progress)
+    atomic_write_text(os.path.join(output_dir, METADATA), json.dumps(metadata, indent=1))
+    return metadata
+
+
+def _plan(output_dir: str, fingerprint: str, data_dir: str, class_names: list[str], listing: dict, *,
+          strict: bool) -> dict:
+    """OUTPUT_DIR/.prepare.json: read back when prepare resumes the same tree, else written
+    after every file is validated. Holds the fingerprint and the unreadable files skipped.
+
+    Raises:
+        ValueError: an output_dir that holds shards of another tree or shard count, or
+            (strict) unreadable files.
+    """
     plan_path = os.path.join(output_dir, PLAN)
-    plan = None
     if os.path.exists(plan_path):
         with open(plan_path) as f:
             plan = json.load(f)
@@ -182,36 +206,38 @@ def write_shards(data_dir: str, output_dir: str, shards: int = 16, *, strict: bo
                 f"the files. Use an empty --output_dir, or delete this one. "
                 f"Received: output_dir={output_dir!r}")
         logging.info("Resuming the shards in %s.", output_dir)
-    elif os.path.exists(os.path.join(output_dir, METADATA)) or any(
+        if strict and plan["skipped"]:
+            path, reason = plan["skipped"][0]
+            raise ValueError(f"{len(plan['skipped'])} unreadable image file(s), e.g. {path} "
+                             f"({reason}). Remove or replace them, or run without --strict.")
+        return plan
+    if os.path.exists(os.path.join(output_dir, METADATA)) or any(
             name.endswith(".tfrecord") for name in os.listdir(output_dir)):
         raise ValueError(f"{output_dir} already holds TFRecord files that prepare did not "
                          f"start there. Use an empty --output_dir. "
                          f"Received: output_dir={output_dir!r}")
-    if plan is None:
-        skipped = []
-        for split in sources.SPLITS:
-            paths, labels = listing[split]
-            split_dir = os.path.join(data_dir, split)
-            files, bad = sources.validate_image_files(paths, labels, strict=strict,
-                                                      where=split_dir)
-            sources.check_class_counts(files.labels, class_names, split_dir)
-            skipped += [[path, reason] for path, reason in bad]
-        plan = {"fingerprint": fingerprint, "skipped": skipped}
-        atomic_write_text(plan_path, json.dumps(plan))
-    elif strict and plan["skipped"]:
-        path, reason = plan["skipped"][0]
-        raise ValueError(f"{len(plan['skipped'])} unreadable image file(s), e.g. {path} "
-                         f"({reason}). Remove or replace them, or run without --strict.")
-    bad_paths = {path for path, _ in plan["skipped"]}
+    skipped = []
+    for split in sources.SPLITS:
+        paths, labels = listing[split]
+        split_dir = os.path.join(data_dir, split)
+        files, bad = sources.validate_image_files(paths, labels, strict=strict,
+                                                  where=split_dir)
+        sources.check_class_counts(files.labels, class_names, split_dir)
+        skipped += [[path, reason] for path, reason in bad]
+    plan = {"fingerprint": fingerprint, "skipped": skipped}
+    atomic_write_text(plan_path, json.dumps(plan))
+    return plan
 
-    for name in os.listdir(output_dir):  # temp files of a killed run
-        if name.startswith(".") and ".tfrecord.tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
 
-    metadata = {"format": FORMAT, "class_names": class_names, "splits": {},
-                "source": os.path.abspath(data_dir), "fingerprint": fingerprint,
-                "skipped": plan["skipped"]}
-    tasks = []
+def _shard_tasks(output_dir: str, listing: dict, bad_paths: set, shards: int,
+                 seed: int) -> tuple[list, dict]:
+    """Each split's readable files in a seeded random order, cut into `shards` parts.
+
+    Returns:
+        (tasks, splits): a (shard path, file paths, labels) task per shard, and the
+        "splits" entry of dataset.json.
+    """
+    tasks, splits = [], {}
     for split in sources.SPLITS:
         paths, labels = listing[split]
         keep = [i for i, p in enumerate(paths) if p not in bad_paths]
@@ -223,8 +249,14 @@ def write_shards(data_dir: str, output_dir: str, shards: int = 16, *, strict: bo
             counts.append(len(part))
             tasks.append((os.path.join(output_dir, names[-1]), [paths[i] for i in part],
                           labels[part]))
-        metadata["splits"][split] = {"num_examples": len(keep), "shards": names,
-                                     "counts": counts}
+        splits[split] = {"num_examples": len(keep), "shards": names, "counts": counts}
+    return tasks, splits
+
+
+def _write_pending(tasks: list, output_dir: str, class_names: list[str], data_dir: str, *,
+                   num_workers: int | None, progress: bool) -> None:
+    """Writes the shards of `tasks` that do not exist yet, in parallel; stops at the first
+    failure (the finished shards stay)."""
     pending = [t for t in tasks if not os.path.exists(t[0])]
     todo = sum(len(t[1]) for t in pending)
     logging.info("Writing %d of %d shards (%d images) to %s.", len(pending), len(tasks), todo,
@@ -234,7 +266,7 @@ def write_shards(data_dir: str, output_dir: str, shards: int = 16, *, strict: bo
     failed = threading.Event()
 
     def write(path, paths, labels):
-        if failed.is_set():  # stop at the first failure; finished shards stay
+        if failed.is_set():
             return 0
         try:
             return _write_shard(path, paths, labels, class_names, data_dir, bar)
@@ -246,8 +278,6 @@ def write_shards(data_dir: str, output_dir: str, shards: int = 16, *, strict: bo
         futures = [pool.submit(write, *task) for task in pending]
         for future in concurrent.futures.as_completed(futures):
             future.result()
-    atomic_write_text(os.path.join(output_dir, METADATA), json.dumps(metadata, indent=1))
-    return metadata
 
 
 # ----------------------------------------------------------------------------- reader

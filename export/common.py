@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 
-from alexnet_tf import storage
+from alexnet_tf import rundir, storage
 from alexnet_tf.model import VARIANTS
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +33,7 @@ def resolve_export_dir(model_dir: str, export_dir: str | None) -> str:
         NotADirectoryError: when the destination exists and is not a folder.
         ValueError: when the destination is this source package.
     """
-    path = os.path.abspath(export_dir if export_dir else os.path.join(model_dir, "export"))
+    path = os.path.abspath(export_dir if export_dir else os.path.join(model_dir, rundir.EXPORT_DIR))
     if os.path.realpath(path) == os.path.realpath(_PACKAGE_DIR):
         raise ValueError(f"Refusing to export into the source package {path!r}; "
                          "pass --export_dir or use a run folder as --model_dir.")

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import training
+from alexnet_tf import finetune, rundir
+from alexnet_tf.config import WEIGHT_LAYERS
+from alexnet_tf.finetune import freeze_before
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.training import TrainConfig, freeze_before, make_replica_step, train
+from alexnet_tf.train_step import make_replica_step
+from alexnet_tf.training import TrainConfig, train
 
 BASE = dict(dataset="synthetic", synthetic_examples=64, batch_size=16, epochs=1, steps_per_epoch=2,
             learning_rate=0.01, verbose=0)
@@ -26,7 +29,7 @@ def source_run(tmp_path_factory):
 def layer_weights(path, num_classes):
     model = build_alexnet("cifar", num_classes)
     model.load_weights(path)
-    return {name: model.get_layer(name).get_weights() for name in training.WEIGHT_LAYERS}
+    return {name: model.get_layer(name).get_weights() for name in WEIGHT_LAYERS}
 
 
 def test_frozen_layers_stay_bit_identical_and_fc8_is_new(source_run, tmp_path):
@@ -41,22 +44,22 @@ def test_frozen_layers_stay_bit_identical_and_fc8_is_new(source_run, tmp_path):
     for name in ("conv4", "conv5", "fc6", "fc7"):
         assert not np.array_equal(after[name][0], before[name][0]), name
     assert after["fc8"][0].shape == (1024, 4)
-    info = training.rundir.read_run_info(model_dir)
+    info = rundir.read_run_info(model_dir)
     assert info["variant"] == "cifar" and info["trainable_from"] == "conv4"
     assert info["init_from"]["weights"].endswith("best.weights.h5")
 
 
 def test_same_classes_load_every_layer_and_other_names_renew_fc8(source_run):
-    init = training.read_init_source(source_run)
+    init = finetune.read_init_source(source_run)
     model = build_alexnet("cifar", 3, seed=123)
-    message = training.load_init_weights(model, init, list(init.class_names))
+    message = finetune.load_init_weights(model, init, list(init.class_names))
     assert "fc8 is new" not in message
     source = build_alexnet("cifar", 3)
     source.load_weights(init.weights)
     for a, b in zip(model.get_weights(), source.get_weights()):
         np.testing.assert_array_equal(a, b)
     other = build_alexnet("cifar", 3, seed=123)
-    message = training.load_init_weights(other, init, ["x", "y", "z"])
+    message = finetune.load_init_weights(other, init, ["x", "y", "z"])
     assert "fc8 is new" in message
     assert not np.array_equal(other.get_layer("fc8").get_weights()[0],
                               source.get_layer("fc8").get_weights()[0])

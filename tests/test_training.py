@@ -7,7 +7,9 @@ import keras
 
 from alexnet_tf import build_alexnet
 from alexnet_tf.optimizer import FusedMomentumSGD
-from alexnet_tf.training import LearningRate, TrainConfig, make_replica_step
+from alexnet_tf.schedule import LearningRate
+from alexnet_tf.train_step import make_replica_step
+from alexnet_tf.training import TrainConfig
 
 
 def data_loss(model, images, labels):
@@ -73,7 +75,7 @@ def test_step_schedule_thirds():
 
 
 def test_seconds_to_accuracy_takes_the_first_epoch_at_or_above_each_threshold():
-    from alexnet_tf.training import seconds_to_accuracy
+    from alexnet_tf.run_log import seconds_to_accuracy
     history = [{"val_top1": a, "wall_seconds": 100.0 * (i + 1)}
                for i, a in enumerate([0.55, 0.75, 0.70, 0.81, 0.8049])]
     assert seconds_to_accuracy(history) == {"0.5": 100.0, "0.6": 200.0, "0.7": 200.0, "0.75": 200.0,
@@ -128,7 +130,7 @@ def test_the_augmented_step_feeds_the_model_the_augmented_pixels():
 
 
 def test_a_model_without_a_normalize_layer_is_trained_whole():
-    from alexnet_tf.training import split_normalization
+    from alexnet_tf.train_step import split_normalization
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     net, normalize = split_normalization(model)
