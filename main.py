@@ -125,6 +125,7 @@ def evaluate(argv):
     import_tensorflow_quietly()
     from alexnet_tf import rundir
     from alexnet_tf.evaluation import evaluate_run
+    _note_training(FLAGS.model_dir)
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None
     result = evaluate_run(FLAGS.model_dir, checkpoint=FLAGS.checkpoint, tta=FLAGS.tta, split=FLAGS.split,
                           dataset=dataset, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size)
@@ -146,12 +147,21 @@ def export(argv):
         raise app.UsageError("--version applies to --format=saved_model or all.")
     import_tensorflow_quietly()
     from export import artifacts
+    _note_training(FLAGS.model_dir)
     quantize = FLAGS.quantize if FLAGS["quantize"].present else None
     artifacts.export_run(FLAGS.model_dir, FLAGS.export_dir, fmt=FLAGS.format,
                          checkpoint=FLAGS.checkpoint, version=FLAGS.version,
                          model_name=FLAGS.model_name, quantize=quantize, lrn=FLAGS.lrn,
                          batch=FLAGS.tflite_batch, calibration=_calibration(quantize),
                          calibration_steps=FLAGS.calibration_steps, overwrite=FLAGS.overwrite)
+
+
+def _note_training(model_dir: str) -> None:
+    """Says on stderr when the run folder is being trained (its last complete files are read)."""
+    from alexnet_tf import rundir
+    note = rundir.training_note(model_dir)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _calibration(quantize: str | None):

@@ -43,11 +43,13 @@ def move_aside(prefix: str) -> str:
     return folder
 
 
-def restore_newest_readable(checkpoint: tf.train.Checkpoint, ckpt_dir: str) -> str | None:
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, ckpt_dir: str, *,
+                            move: bool = True) -> str | None:
     """Restores the newest checkpoint of `ckpt_dir` that can be read.
 
-    A checkpoint that cannot be read is moved to CKPT_DIR/damaged/ with one warning line
-    naming it, and the next older one is tried; the state file then lists what is left.
+    A checkpoint that cannot be read is skipped with one warning line naming it, and the
+    next older one is tried. With `move` (the folder's owner), it is moved to
+    CKPT_DIR/damaged/ (kept, not deleted) and the state file then lists what is left.
 
     Returns:
         The restored prefix, or None when `ckpt_dir` holds no checkpoint.
@@ -62,12 +64,12 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, ckpt_dir: str) -> s
             checkpoint.restore(prefix).assert_existing_objects_matched()
         except _READ_ERRORS as e:
             reason = (getattr(e, "message", None) or str(e) or type(e).__name__).strip().splitlines()[0]
-            folder = move_aside(prefix)
-            logging.warning("Skipped the damaged checkpoint %s (%s); moved to %s/, resuming from "
-                            "the one before.", prefix, reason[:200], folder)
+            where = f"moved to {move_aside(prefix)}/" if move else "left in place"
+            logging.warning("Skipped the damaged checkpoint %s (%s); %s, resuming from the one "
+                            "before.", prefix, reason[:200], where)
             damaged.append(prefix)
             continue
-        if damaged:
+        if damaged and move:
             _write_state(ckpt_dir, prefix, [p for p in found if p not in damaged])
         return prefix
     if found:
@@ -90,6 +92,12 @@ def newest_complete(ckpt_dir: str) -> str:
     return os.path.basename(found[-1]) if found else "none yet"
 
 
+def resume_hint(ckpt_dir: str) -> str:
+    """What to do after a failed write: free space and rerun, from the newest checkpoint."""
+    return (f"the last complete checkpoint is {newest_complete(ckpt_dir)}; free space and run "
+            "the same command to resume")
+
+
 def save(manager: tf.train.CheckpointManager, step: int, needed_bytes: int) -> str:
     """Saves a checkpoint; a full disk or a read-only folder gives one line and leaves no
     temporary folder (the previous checkpoints stay as they were).
@@ -98,8 +106,7 @@ def save(manager: tf.train.CheckpointManager, step: int, needed_bytes: int) -> s
         storage.DiskFullError, storage.ReadOnlyError: when it cannot be written.
     """
     ckpt_dir = manager.directory
-    hint = (f"the last complete checkpoint is {newest_complete(ckpt_dir)}; free space and run "
-            "the same command to resume")
+    hint = resume_hint(ckpt_dir)
     target = os.path.join(ckpt_dir, f"ckpt-{step}")
     storage.check_free_space(ckpt_dir, needed_bytes, target, hint)
     before = set(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else set()

@@ -89,7 +89,7 @@ def load_init_weights(model: keras.Model, init: InitSource, class_names) -> str:
     """
     source = rundir.build_from_run_info({"variant": init.variant, "num_classes": init.num_classes,
                                          "model_kwargs": init.model_kwargs})
-    source.load_weights(init.weights)
+    rundir.load_weights(source, init.weights)
     new_head = init.num_classes != len(class_names) or (
         bool(init.class_names) and list(init.class_names) != list(class_names))
     loaded = [name for name in WEIGHT_LAYERS if not (new_head and name == "fc8")]

@@ -3,6 +3,7 @@ PCA colour statistics, and run.json (checked against the stored one when a run r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -12,7 +13,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import cpu_info, rundir
+from alexnet_tf import cpu_info, rundir, storage
 from alexnet_tf.config import TrainConfig
 from alexnet_tf.distribute import bfloat16_emulated, make_strategy, resolve_precision, split_cpu
 from alexnet_tf.finetune import InitSource
@@ -51,9 +52,11 @@ class Run:
         return bool(self.config.verbose) and self.is_chief
 
 
-def open_run(config: TrainConfig, init: InitSource | None) -> Run:
+def open_run(config: TrainConfig, init: InitSource | None, held: contextlib.ExitStack) -> Run:
     """Sets up the devices, the precision, this process's folder and the data, and records
     the run in run.json (or checks that the run it resumes asked for the same).
+
+    The chief takes the run folder's lock into `held` before it writes anything there.
 
     Raises:
         ValueError: on a batch that the replicas cannot share or the training split cannot
@@ -69,6 +72,8 @@ def open_run(config: TrainConfig, init: InitSource | None) -> Run:
                          f"{replicas} replicas of --strategy={config.strategy}.")
     model_dir = config.model_dir if is_chief else rundir.worker_dir(config.model_dir, worker_index)
     check_model_dir(model_dir)
+    if is_chief:
+        held.enter_context(storage.exclusive_lock(config.model_dir, rundir.lock_path(config.model_dir)))
 
     source = _load_source(config, verbose=bool(config.verbose) and is_chief)
     if config.verbose and is_chief:
@@ -180,8 +185,7 @@ def _pca(source, model_dir: str) -> dict:
     from data_pipeline.augment import estimate_rgb_pca
     path = os.path.join(model_dir, rundir.PCA)
     if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+        return rundir.read_json(path, "delete it and the next run computes it again")
     eigvals, eigvecs = estimate_rgb_pca(source.sample_images(10000))
     pca = {"eigvals": np.asarray(eigvals).tolist(), "eigvecs": np.asarray(eigvecs).tolist()}
     rundir.atomic_write_text(path, json.dumps(pca, indent=2))

@@ -15,16 +15,18 @@ Every file name inside a run folder is spelled here and nowhere else:
     MODEL_DIR/confusion.png       its confusion matrix
     MODEL_DIR/export/             where `main.py export` writes by default
     MODEL_DIR/.worker-N/          a multi-worker run's other workers' own files
+    MODEL_DIR/.lock               held by the one process that trains into the folder
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import keras
+import numpy as np
 
+from alexnet_tf import storage
 from alexnet_tf.config import CHECKPOINTS
 from alexnet_tf.model import build_alexnet
 
@@ -39,6 +41,7 @@ CURVES = "curves.png"
 EVAL = "eval.json"
 CONFUSION = "confusion.png"
 EXPORT_DIR = "export"
+LOCK = ".lock"
 
 
 def worker_dir(model_dir: str, worker_index: int) -> str:
@@ -46,33 +49,63 @@ def worker_dir(model_dir: str, worker_index: int) -> str:
     return os.path.join(model_dir, f".worker-{worker_index}")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` so that a reader sees the old file or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+atomic_write_text = storage.atomic_write_text
 
 
-def save_weights_atomic(model: keras.Model, path: str) -> None:
-    """Saves Keras weights to `path` via a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+def save_weights_atomic(model: keras.Model, path: str, hint: str = "") -> None:
+    """Saves Keras weights to `path` whole or not at all.
+
+    HDF5 can crash the process when the disk fills under it, so the file is written to a
+    scratch file (in memory where there is room) and then copied into place; the copy
+    fails cleanly. A full disk or a read-only folder is a one-line error naming `path`.
+    """
+    size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
+    storage.check_free_space(os.path.dirname(os.path.abspath(path)), size, path, hint)
+    with storage.scratch_file(os.path.basename(path), size) as scratch:
+        with storage.writing(path, hint):
+            model.save_weights(scratch)
+        storage.atomic_copy(scratch, path, hint)
+
+
+def read_json(path: str, what: str = "") -> dict:
+    """Reads a JSON file of a run; a damaged one is a ValueError that names it.
+
+    Args:
+        path: the file.
+        what: what to do about it, appended to the message.
+    """
     try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        message = f"{path} is damaged (not valid JSON: {e})"
+        raise ValueError(message + (f"; {what}" if what else ".")) from None
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """Loads a `.weights.h5` file into `model`; a damaged or foreign file is a ValueError that
+    names it."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path} cannot be read as this run's weights ({reason}). "
+                         "A cut or damaged copy? Use the other weights file (--checkpoint) or "
+                         "train again.") from None
+
+
+def lock_path(model_dir: str) -> str:
+    """The lock file that one training process holds while it writes the run folder."""
+    return os.path.join(model_dir, LOCK)
+
+
+def training_note(model_dir: str) -> str | None:
+    """A line saying that `model_dir` is being trained right now, or None."""
+    holder = storage.lock_holder(lock_path(model_dir))
+    if holder is None:
+        return None
+    return (f"Note: {model_dir} is being trained right now ({holder}); "
+            "using its last complete files.")
 
 
 def write_run_info(model_dir: str, info: dict) -> None:
@@ -91,8 +124,8 @@ def read_run_info(model_dir: str) -> dict:
         raise FileNotFoundError(
             f"{model_dir!r} holds no training run (no {RUN_INFO}). "
             f"Train one first: python main.py train --model_dir={model_dir}")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, f"{RUN_INFO} describes the run; restore it from a copy, or train "
+                           "into a new --model_dir")
 
 
 def build_from_run_info(info: dict, **overrides) -> keras.Model:
@@ -126,5 +159,5 @@ def load_trained_model(model_dir: str, checkpoint: str = "best", **overrides):
         hint = f" Available: {other}." if other else " The run has not finished an epoch yet."
         raise FileNotFoundError(f"No {checkpoint} weights in {model_dir!r} ({path} is missing).{hint}")
     model = build_from_run_info(info, **overrides)
-    model.load_weights(path)
+    load_weights(model, path)
     return model, info

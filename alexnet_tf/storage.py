@@ -89,8 +89,8 @@ def lock_holder(lock_path: str) -> str | None:
         os.close(fd)
 
 
-def _write_error(path: str, reason: str, hint: str) -> str:
-    return f"{reason} while writing {path}" + (f"; {hint}" if hint else "")
+def _write_error(path: str, reason: str, hint: str, detail: str = "") -> str:
+    return f"{reason} while writing {path}" + (f" ({detail})" if detail else "") + (f"; {hint}" if hint else "")
 
 
 def translate_write_error(error: BaseException, path: str, hint: str = "") -> BaseException | None:
@@ -133,8 +133,8 @@ def check_free_space(folder: str, needed: int, path: str, hint: str = "") -> Non
         return
     if stat.f_bavail * stat.f_frsize < needed:
         raise DiskFullError(_write_error(
-            path, f"no space left on device ({stat.f_bavail * stat.f_frsize:,} bytes free, "
-                  f"{needed:,} needed)", hint))
+            path, "no space left on device", hint,
+            f"{stat.f_bavail * stat.f_frsize:,} bytes free, {needed:,} needed"))
 
 
 def atomic_write_text(path: str, text: str, hint: str = "") -> None:

@@ -13,17 +13,19 @@ Here: the loop (`_train`, `_run_epoch`, `_end_epoch`) and the state it checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
 
+import numpy as np
 import tensorflow as tf
 import keras
 from absl import logging
 
-from alexnet_tf import conv_grad, finetune, run_log, rundir
+from alexnet_tf import checkpoints, conv_grad, finetune, run_log, rundir, storage
 from alexnet_tf.config import TrainConfig
 from alexnet_tf.averaging import WeightAverage, swapped_in
 from alexnet_tf.evaluation import evaluate_dataset
@@ -86,17 +88,21 @@ class TrainState:
                    step_in_epoch=step_in_epoch, global_step=global_step, epoch_sums=epoch_sums,
                    manager=manager)
 
-    def restore_latest(self, checkpoint_dir: str, steps_per_epoch: int, verbose: bool) -> None:
-        """Restores the newest checkpoint in `checkpoint_dir` (the chief's, on every worker), if any."""
-        latest = tf.train.latest_checkpoint(checkpoint_dir)
+    def restore_latest(self, checkpoint_dir: str, run: Run) -> None:
+        """Restores the newest readable checkpoint in `checkpoint_dir` (the chief's, on every
+        worker), if any; damaged ones are moved aside (see `checkpoints`)."""
+        own = os.path.abspath(self.manager.directory) == os.path.abspath(checkpoint_dir)
+        latest = checkpoints.restore_newest_readable(self.manager.checkpoint, checkpoint_dir, move=own)
         if not latest:
             return
-        self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        if own and latest != self.manager.latest_checkpoint:  # some were moved aside: read the state anew
+            self.manager = tf.train.CheckpointManager(self.manager.checkpoint, checkpoint_dir,
+                                                      max_to_keep=run.config.keep_checkpoints)
         logging.info("Resumed from %s (epoch %d, step %d of the epoch).", latest,
                      int(self.epoch.numpy()) + 1, int(self.step_in_epoch.numpy()))
-        if verbose:
+        if run.config.verbose:
             print(f"Resuming from {latest}: epoch {int(self.epoch.numpy()) + 1}, "
-                  f"step {int(self.step_in_epoch.numpy())} of {steps_per_epoch}.")
+                  f"step {int(self.step_in_epoch.numpy())} of {run.steps_per_epoch}.")
 
     def weights_finite(self) -> bool:
         return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables)
@@ -109,11 +115,18 @@ class TrainState:
 
     def save(self, *, check_finite: bool = False) -> None:
         """Checkpoints at the global step; with `check_finite`, unless the last update left a
-        weight NaN or infinite."""
+        weight NaN or infinite. A full disk leaves the previous checkpoints as they were."""
         step = int(self.global_step.numpy())
         if check_finite and not self.weights_finite():
             self.diverged(f"A weight became NaN or infinite at step {step}")
-        self.manager.save(checkpoint_number=step)
+        variables = self.manager.checkpoint.model.weights + self.optimizer.variables + (
+            self.average.shadows if self.average is not None else [])
+        size = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
+        checkpoints.save(self.manager, step, needed_bytes=size + (1 << 20))
+
+    def resume_hint(self) -> str:
+        """What a user does after a failed write: the checkpoint a rerun resumes from."""
+        return checkpoints.resume_hint(self.manager.directory)
 
 
 class _Progress:
@@ -149,7 +162,11 @@ def train(config: TrainConfig) -> dict:
             variant = finetune.read_init_source(config.init_from).variant
         config = dataclasses.replace(config, model_dir=os.path.join("runs", f"{variant}-{config.dataset}"))
     try:
-        return _train(config)
+        with contextlib.ExitStack() as held:  # the run folder's lock, from open_run on
+            return _train(config, held)
+    except (storage.DiskFullError, storage.ReadOnlyError) as e:
+        hint = checkpoints.resume_hint(os.path.join(config.model_dir, rundir.CHECKPOINT_DIR))
+        raise e if hint in str(e) else type(e)(f"{e}; {hint}") from None
     except _PEER_ERRORS as e:
         if config.strategy != "multi_worker":
             raise
@@ -163,8 +180,8 @@ def train(config: TrainConfig) -> dict:
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(config: TrainConfig) -> dict:
-    """Trains (or resumes) a run in `config.model_dir`.
+def _train(config: TrainConfig, held: contextlib.ExitStack) -> dict:
+    """Trains (or resumes) a run in `config.model_dir`, holding its lock in `held`.
 
     Returns:
         The run summary (also written to MODEL_DIR/summary.json).
@@ -181,10 +198,10 @@ def _train(config: TrainConfig) -> dict:
     resuming = tf.train.latest_checkpoint(checkpoint_dir) is not None
     init = finetune.resolve_init_source(config, resuming)
     config = finetune.with_variant(config, init)
-    run = open_run(config, init)
+    run = open_run(config, init, held)
     augment = augment_config(run)
     state = TrainState.create(run, init, resuming=resuming)
-    state.restore_latest(checkpoint_dir, run.steps_per_epoch, verbose=bool(config.verbose))
+    state.restore_latest(checkpoint_dir, run)
     replica_step = make_replica_step(
         state.model, state.optimizer, variant=config.model, global_batch=config.batch_size,
         top_k=min(5, run.num_classes), label_smoothing=config.label_smoothing,
@@ -206,7 +223,9 @@ def _train(config: TrainConfig) -> dict:
     summary["precision"] = run.precision
     if run.is_chief:
         rundir.atomic_write_text(os.path.join(run.model_dir, rundir.SUMMARY), json.dumps(summary, indent=2))
-        run_log.plot_curves(log.history, os.path.join(run.model_dir, rundir.CURVES))
+        curves = os.path.join(run.model_dir, rundir.CURVES)
+        with storage.writing(curves):
+            run_log.plot_curves(log.history, curves)
     return summary
 
 
@@ -263,9 +282,10 @@ def _end_epoch(run: Run, state: TrainState, val_ds, trained: tuple[float, float,
         val = evaluate_dataset(model, val_ds, config.model, run.num_classes)
         eval_seconds = time.time() - eval_start
         # Non-chief workers save in their own folder.
-        rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["latest"]))
+        hint = state.resume_hint()
+        rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["latest"]), hint)
         if run.is_chief and schedule.improves(val["top1"]):
-            rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["best"]))
+            rundir.save_weights_atomic(model, os.path.join(run.model_dir, rundir.WEIGHTS["best"]), hint)
     loss_sum, hits, k_hits, n = (float(v) for v in state.epoch_sums.numpy())
     top5 = run.num_classes > 5
     record = {
@@ -283,6 +303,7 @@ def _end_epoch(run: Run, state: TrainState, val_ds, trained: tuple[float, float,
     state.step_in_epoch.assign(0)
     state.epoch_sums.assign(tf.zeros([4], tf.float64))
     state.save()
-    log.add(record)
+    with storage.writing(os.path.join(run.model_dir, rundir.TENSORBOARD_DIR)):
+        log.add(record)
     if run.verbose:
         print(run_log.epoch_line(record, lr_dropped=dropped))

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf.rundir import atomic_write_text
+from alexnet_tf.rundir import atomic_write_text, read_json
 from data_pipeline import sources
 
 METADATA = "dataset.json"   # class names, shard files and counts; written last
@@ -198,8 +198,7 @@ def _plan(output_dir: str, fingerprint: str, data_dir: str, class_names: list[st
     """
     plan_path = os.path.join(output_dir, PLAN)
     if os.path.exists(plan_path):
-        with open(plan_path) as f:
-            plan = json.load(f)
+        plan = read_json(plan_path, "delete it and rerun prepare to start the shards over")
         if plan.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{output_dir} holds shards of another folder tree, shard count or version of "
@@ -300,8 +299,7 @@ def read_metadata(data_dir: str | None) -> dict:
                     f"--output_dir={data_dir}`")
         raise FileNotFoundError(f"{data_dir} has no {METADATA}: {hint}. "
                                 f"Received: data_dir={data_dir!r}")
-    with open(path) as f:
-        metadata = json.load(f)
+    metadata = read_json(path, "rerun `python main.py prepare` with the same flags to write it again")
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a shard index this version reads "
                          f"(format {metadata.get('format')!r}, expected {FORMAT!r}).")
