@@ -137,9 +137,9 @@ def export(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("export needs --model_dir=RUN, a training run's folder.")
     tflite_only = ("quantize", "lrn", "tflite_batch", "calibration_steps")
-    if FLAGS.format == "saved_model" and any(FLAGS[f].present for f in tflite_only):
+    if FLAGS.format in ("saved_model", "keras") and any(FLAGS[f].present for f in tflite_only):
         raise app.UsageError(f"--{'/--'.join(tflite_only)} apply to --format=tflite or all.")
-    if FLAGS.format == "tflite" and FLAGS["version"].present:
+    if FLAGS.format in ("tflite", "keras") and FLAGS["version"].present:
         raise app.UsageError("--version applies to --format=saved_model or all.")
     import_tensorflow_quietly()
     calibration = _calibration()
@@ -152,6 +152,11 @@ def export(argv):
         for quantize in _tflite_forms():
             path = _export_tflite(quantize, calibration if quantize == "int8" else None)
             print(f"TFLite: {path}")
+    if FLAGS.format in ("keras", "all"):
+        from export.keras_file import export_keras
+        path = export_keras(FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint,
+                            model_name=FLAGS.model_name)
+        print(f"Keras: {path}")
 
 
 def _tflite_forms() -> tuple[str, ...]:
@@ -164,7 +169,7 @@ def _tflite_forms() -> tuple[str, ...]:
 
 def _calibration():
     """int8 calibration images, opened (and checked) before anything is written."""
-    if FLAGS.format == "saved_model" or "int8" not in _tflite_forms():
+    if FLAGS.format in ("saved_model", "keras") or "int8" not in _tflite_forms():
         return None
     from export.tflite import calibration_batches
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None

@@ -23,7 +23,7 @@ LR_SCHEDULES = ("plateau", "step", "cosine")
 # The layers that hold weights, in order: the names `trainable_from` takes.
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-EXPORT_FORMATS = ("saved_model", "tflite", "all")
+EXPORT_FORMATS = ("saved_model", "tflite", "keras", "all")
 CHECKPOINTS = ("best", "latest")                    # the weights files of a run
 SPLITS = ("train", "val")
 TTA_MODES = ("none", "10crop")
