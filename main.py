@@ -44,7 +44,8 @@ flags.DEFINE_enum("onednn", "auto", list(cfg.ONEDNN_CHOICES),
 
 # convert
 flags.DEFINE_string("weights", None, "A torchvision AlexNet state dict (.pth), e.g. "
-                    "alexnet-owt-7be5be79.pth; either PyTorch file format.")
+                    "alexnet-owt-7be5be79.pth; either PyTorch file format. imagenet: download "
+                    "torchvision's file into Keras' cache (or $ALEXNET_TF_WEIGHTS_MIRROR) first.")
 
 # evaluate
 flags.DEFINE_enum("tta", "none", list(cfg.TTA_MODES), "Test-time augmentation.")
@@ -235,14 +236,18 @@ def convert(argv):
     _no_args(argv)
     if not FLAGS.weights:
         raise app.UsageError("convert needs --weights=FILE, a torchvision AlexNet state dict "
-                             "such as alexnet-owt-7be5be79.pth.")
+                             "such as alexnet-owt-7be5be79.pth, or --weights=imagenet.")
     if not FLAGS.model_dir:
         raise app.UsageError("convert needs --model_dir=RUN, the run folder to write.")
     import_tensorflow_quietly()
     from alexnet_tf.pretrained import convert_torchvision
-    info = convert_torchvision(FLAGS.weights, FLAGS.model_dir)
+    weights = FLAGS.weights
+    if weights in cfg.PRETRAINED_WEIGHTS:
+        from alexnet_tf import imagenet_weights
+        weights = imagenet_weights.fetch()
+    info = convert_torchvision(weights, FLAGS.model_dir)
     print(f"Wrote {FLAGS.model_dir}: variant {info['variant']}, {info['num_classes']} ImageNet "
-          f"classes, {info['parameters']:,} parameters (from {FLAGS.weights}).")
+          f"classes, {info['parameters']:,} parameters (from {weights}).")
 
 
 COMMANDS = {

@@ -29,6 +29,7 @@ SPLITS = ("train", "val")
 TTA_MODES = ("none", "10crop")
 BENCHMARKS = ("train", "input", "inference", "all", "profile")
 ONEDNN_CHOICES = ("auto", "on", "off")
+PRETRAINED_WEIGHTS = ("imagenet",)                  # named weights of AlexNet(weights=) and convert
 
 
 # Named recipes: the settings that differ from TrainConfig's defaults.
