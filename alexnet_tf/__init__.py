@@ -11,7 +11,9 @@ import importlib.abc
 import sys
 
 _EXPORTS = {"LocalResponseNormalization": "alexnet_tf.layers", "VARIANTS": "alexnet_tf.model",
-            "build_alexnet": "alexnet_tf.model", "forward_flops": "alexnet_tf.model"}
+            "build_alexnet": "alexnet_tf.model", "forward_flops": "alexnet_tf.model",
+            "AlexNet": "alexnet_tf.applications", "preprocess_input": "alexnet_tf.applications",
+            "decode_predictions": "alexnet_tf.applications"}
 
 __all__ = list(_EXPORTS)
 

@@ -29,6 +29,8 @@ SPLITS = ("train", "val")
 TTA_MODES = ("none", "10crop")
 BENCHMARKS = ("train", "input", "inference", "all", "profile")
 ONEDNN_CHOICES = ("auto", "on", "off")
+POOLINGS = ("avg", "max")                          # AlexNet(include_top=False, pooling=)
+CLASSIFIER_ACTIVATIONS = ("softmax",)               # AlexNet(classifier_activation=), or None
 PRETRAINED_WEIGHTS = ("imagenet",)                  # named weights of AlexNet(weights=) and convert
 
 

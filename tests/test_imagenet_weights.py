@@ -1,4 +1,4 @@
-"""torchvision's ImageNet weights and `convert --weights=imagenet` against a real HTTP server on 127.0.0.1:
+"""weights="imagenet" and `convert --weights=imagenet` against a real HTTP server on 127.0.0.1:
 download into KERAS_HOME, cache hits without a request, the hash check, the one-line error
 when the mirror is unreachable, and DataParallel's `module.` prefix. Nothing touches the
 internet: every test points ALEXNET_TF_WEIGHTS_MIRROR at 127.0.0.1."""
@@ -10,12 +10,14 @@ import os
 import socket
 import threading
 
+import keras
 import numpy as np
 import pytest
 
 import torchvision_reference as ref
-from alexnet_tf import imagenet_weights
+from alexnet_tf import AlexNet, decode_predictions, imagenet_weights, preprocess_input, pretrained
 from helpers import cli_env, read_weights, run_main
+from test_pretrained import structured_image
 from torch_files import write_state_dict
 
 NAME = imagenet_weights.FILE_NAME
@@ -138,7 +140,7 @@ def test_unreachable_mirror_is_one_line(cache, monkeypatch, server):
     mirror = f"http://127.0.0.1:{closed_port()}/models"
     monkeypatch.setenv(imagenet_weights.MIRROR_ENV, mirror)
     with pytest.raises(ConnectionError) as error:
-        imagenet_weights.fetch()
+        AlexNet(weights="imagenet")
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"Could not download the ImageNet weights from {mirror}/{NAME} (")
@@ -166,6 +168,28 @@ def test_cli_convert_unreachable_mirror_is_one_line(tmp_path):
 def full_state():
     """torchvision AlexNet weights (random, float16 to halve the bytes served)."""
     return ref.random_state_dict(seed=11, dtype=np.float16)
+
+
+def test_imagenet_weights_equal_torchvision(server, full_state, tmp_path, cache, monkeypatch):
+    data = pth_bytes(tmp_path, full_state, legacy=True)  # torchvision's own file is legacy format
+    monkeypatch.setenv(imagenet_weights.MIRROR_ENV, server.serve("full", data))
+    monkeypatch.setattr(imagenet_weights, "SHA256_PREFIX", hashlib.sha256(data).hexdigest()[:8])
+    del data
+    model = AlexNet(weights="imagenet")
+    assert model.layers[-1].name == "predictions" and model.output.shape == (None, 1000)
+    images = structured_image(256, 320, seed=1)[None]
+    got = model.predict(preprocess_input(images), verbose=0)
+    expected = ref.softmax(ref.forward(full_state, images[:, 16:240, 48:272]))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    _, names = pretrained.imagenet_classes()
+    for row, decoded in zip(expected, decode_predictions(got, top=5)):
+        assert [name for _, name, _ in decoded] == [names[i] for i in np.argsort(-row)[:5]]
+    requests = len(server.requests)
+    headless = AlexNet(weights="imagenet", include_top=False, pooling="max")  # from the cache
+    assert len(server.requests) == requests and headless.output.shape == (None, 256)
+    pool5 = keras.Model(model.input, model.get_layer("pool5").output)
+    np.testing.assert_allclose(headless.predict(preprocess_input(images), verbose=0),
+                               np.max(pool5(preprocess_input(images)), axis=(1, 2)), atol=1e-5)
 
 
 def test_cli_convert_imagenet_from_a_data_parallel_file(server, full_state, tmp_path, cache,
