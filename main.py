@@ -44,7 +44,8 @@ flags.DEFINE_enum("onednn", "auto", list(cfg.ONEDNN_CHOICES),
 
 # convert
 flags.DEFINE_string("weights", None, "A torchvision AlexNet state dict (.pth), e.g. "
-                    "alexnet-owt-7be5be79.pth; either PyTorch file format.")
+                    "alexnet-owt-7be5be79.pth; either PyTorch file format. imagenet: download "
+                    "torchvision's file into Keras' cache (or $ALEXNET_TF_WEIGHTS_MIRROR) first.")
 
 # evaluate
 flags.DEFINE_enum("tta", "none", list(cfg.TTA_MODES), "Test-time augmentation.")
@@ -141,9 +142,9 @@ def export(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("export needs --model_dir=RUN, a training run's folder.")
     tflite_only = ("quantize", "lrn", "tflite_batch", "calibration_steps")
-    if FLAGS.format == "saved_model" and any(FLAGS[f].present for f in tflite_only):
+    if FLAGS.format in ("saved_model", "keras") and any(FLAGS[f].present for f in tflite_only):
         raise app.UsageError(f"--{'/--'.join(tflite_only)} apply to --format=tflite or all.")
-    if FLAGS.format == "tflite" and FLAGS["version"].present:
+    if FLAGS.format in ("tflite", "keras") and FLAGS["version"].present:
         raise app.UsageError("--version applies to --format=saved_model or all.")
     import_tensorflow_quietly()
     from export import artifacts
@@ -167,7 +168,7 @@ def _note_training(model_dir: str) -> None:
 def _calibration(quantize: str | None):
     """int8 calibration images, opened (and checked) before anything is written."""
     from export import artifacts
-    if FLAGS.format == "saved_model" or "int8" not in artifacts.tflite_forms(FLAGS.format, quantize):
+    if FLAGS.format in ("saved_model", "keras") or "int8" not in artifacts.tflite_forms(FLAGS.format, quantize):
         return None
     from export.tflite import calibration_batches
     dataset = FLAGS.dataset if FLAGS["dataset"].present else None
@@ -225,14 +226,18 @@ def convert(argv):
     _no_args(argv)
     if not FLAGS.weights:
         raise app.UsageError("convert needs --weights=FILE, a torchvision AlexNet state dict "
-                             "such as alexnet-owt-7be5be79.pth.")
+                             "such as alexnet-owt-7be5be79.pth, or --weights=imagenet.")
     if not FLAGS.model_dir:
         raise app.UsageError("convert needs --model_dir=RUN, the run folder to write.")
     import_tensorflow_quietly()
     from alexnet_tf.pretrained import convert_torchvision
-    info = convert_torchvision(FLAGS.weights, FLAGS.model_dir)
+    weights = FLAGS.weights
+    if weights in cfg.PRETRAINED_WEIGHTS:
+        from alexnet_tf import imagenet_weights
+        weights = imagenet_weights.fetch()
+    info = convert_torchvision(weights, FLAGS.model_dir)
     print(f"Wrote {FLAGS.model_dir}: variant {info['variant']}, {info['num_classes']} ImageNet "
-          f"classes, {info['parameters']:,} parameters (from {FLAGS.weights}).")
+          f"classes, {info['parameters']:,} parameters (from {weights}).")
 
 
 COMMANDS = {

@@ -23,12 +23,15 @@ LR_SCHEDULES = ("plateau", "step", "cosine")
 # The layers that hold weights, in order: the names `trainable_from` takes.
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-EXPORT_FORMATS = ("saved_model", "tflite", "all")
+EXPORT_FORMATS = ("saved_model", "tflite", "keras", "all")
 CHECKPOINTS = ("best", "latest")                    # the weights files of a run
 SPLITS = ("train", "val")
 TTA_MODES = ("none", "10crop")
 BENCHMARKS = ("train", "input", "inference", "all", "profile")
 ONEDNN_CHOICES = ("auto", "on", "off")
+POOLINGS = ("avg", "max")                          # AlexNet(include_top=False, pooling=)
+CLASSIFIER_ACTIVATIONS = ("softmax",)               # AlexNet(classifier_activation=), or None
+PRETRAINED_WEIGHTS = ("imagenet",)                  # named weights of AlexNet(weights=) and convert
 
 
 # Named recipes: the settings that differ from TrainConfig's defaults.

@@ -32,6 +32,8 @@ TORCHVISION_STD = (0.229, 0.224, 0.225)
 _CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
 # torch.hub's naming: the file name carries the first hex digits of the file's SHA-256.
 _HUB_NAME = re.compile(r"-([0-9a-f]{8,})\.pth?$")
+# What torch.nn.DataParallel and DistributedDataParallel put before every key of a saved state dict.
+DATA_PARALLEL_PREFIX = "module."
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:
@@ -49,6 +51,35 @@ def imagenet_classes() -> tuple[list[str], list[str]]:
             wnids.append(wnid)
             names.append(name)
     return wnids, names
+
+
+def read_torchvision_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads a torchvision AlexNet state dict (see `read_state_dict`), without PyTorch.
+
+    A state dict saved from `DataParallel` / `DistributedDataParallel` has every key
+    prefixed `module.`; the prefix is dropped (and a line logged saying so).
+
+    Args:
+        path: the .pth/.pt file.
+
+    Returns:
+        name -> array.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ValueError: as `read_state_dict`.
+    """
+    state_dict = read_state_dict(path)
+    if state_dict and all(key.startswith(DATA_PARALLEL_PREFIX) for key in state_dict):
+        logging.info("%s was saved from DataParallel/DistributedDataParallel: reading its keys "
+                     "without their %r prefix.", path, DATA_PARALLEL_PREFIX)
+        state_dict = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def set_torchvision_weights(model, state_dict: dict) -> None:
+    """Sets an `owt` model's weights from a torchvision AlexNet state dict (see `keras_weights`)."""
+    for name, values in keras_weights(state_dict, model).items():
+        model.get_layer(name).set_weights(values)
 
 
 def keras_weights(state_dict: dict, model) -> dict[str, list[np.ndarray]]:
@@ -136,7 +167,7 @@ def convert_torchvision(weights_path: str, model_dir: str) -> dict:
                               "folder. Choose another --model_dir or delete it first.")
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise NotADirectoryError(f"--model_dir={model_dir!r} is a file; give a folder for the run.")
-    state_dict = read_state_dict(weights_path)
+    state_dict = read_torchvision_state_dict(weights_path)
     digest = _sha256(weights_path)
     _check_hub_name(weights_path, digest)
     wnids, names = imagenet_classes()
@@ -144,8 +175,7 @@ def convert_torchvision(weights_path: str, model_dir: str) -> dict:
                     "mean": [255.0 * m for m in TORCHVISION_MEAN],
                     "std": [255.0 * s for s in TORCHVISION_STD]}
     model = build_alexnet("owt", len(names), **model_kwargs)
-    for name, values in keras_weights(state_dict, model).items():
-        model.get_layer(name).set_weights(values)
+    set_torchvision_weights(model, state_dict)
     del state_dict
     info = {
         "variant": "owt",

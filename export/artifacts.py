@@ -63,12 +63,12 @@ def export_run(model_dir: str, export_dir: str | None = None, *, fmt: str = "sav
                quantize: str | None = None, lrn: str = "builtin", batch: int = 1,
                calibration=None, calibration_steps: int = 100, overwrite: bool = False,
                report=print) -> list[str]:
-    """Writes the artifacts of `fmt` ("saved_model", "tflite" or "all") that are missing.
+    """Writes the artifacts of `fmt` that are missing.
 
     Args:
         model_dir: the training run.
         export_dir: destination (default MODEL_DIR/export).
-        fmt: which artifacts.
+        fmt: which artifacts: "saved_model", "tflite", "keras" or "all".
         checkpoint, version, model_name, lrn, batch, calibration_steps: as for
             `export_saved_model` and `export_tflite`.
         quantize: the TFLite form; None: float32, or every form with `fmt="all"`.
@@ -80,7 +80,7 @@ def export_run(model_dir: str, export_dir: str | None = None, *, fmt: str = "sav
     Returns:
         The paths of the artifacts, written or kept.
     """
-    from export import saved_model, tflite
+    from export import saved_model
 
     weights = os.path.join(model_dir, rundir.WEIGHTS[checkpoint])
     info = rundir.read_run_info(model_dir)
@@ -101,34 +101,40 @@ def export_run(model_dir: str, export_dir: str | None = None, *, fmt: str = "sav
             report(f"SavedModel: {path}")
         paths.append(path)
     if fmt in ("tflite", "all"):
+        from export import tflite
         for form in tflite_forms(fmt, quantize):
-            paths.append(_tflite(model_dir, export_dir, folder, info, name, form, weights,
-                                 checkpoint=checkpoint, lrn=lrn, batch=batch, overwrite=overwrite,
-                                 calibration=calibration if form == "int8" else None,
-                                 calibration_steps=calibration_steps, report=report))
+            path = os.path.join(folder, tflite.artifact_name(name, info["variant"], quantize=form,
+                                                             lrn=lrn, batch=batch))
+            paths.append(_file_artifact("TFLite", path, weights, overwrite, report, lambda form=form: (
+                tflite.export_tflite(model_dir, export_dir, checkpoint=checkpoint, quantize=form,
+                                     lrn=lrn, batch=batch, model_name=name,
+                                     calibration_data=calibration if form == "int8" else None,
+                                     calibration_steps=calibration_steps))))
+    if fmt in ("keras", "all"):
+        from export import keras_file
+        path = keras_file.artifact_path(folder, name)
+        paths.append(_file_artifact("Keras", path, weights, overwrite, report, lambda: (
+            keras_file.export_keras(model_dir, export_dir, checkpoint=checkpoint, model_name=name))))
     return paths
 
 
-def _tflite(model_dir, export_dir, folder, info, name, form, weights, *, checkpoint, lrn, batch,
-            overwrite, calibration, calibration_steps, report) -> str:
-    from export import tflite
-    path = os.path.join(folder, tflite.artifact_name(name, info["variant"], quantize=form, lrn=lrn,
-                                                     batch=batch))
+def _file_artifact(kind: str, path: str, weights: str, overwrite: bool, report, write) -> str:
+    """Keeps the file artifact `path` when it is up to date, else makes it with `write()`;
+    one it replaces is set aside meanwhile and put back if the new one fails."""
     if os.path.isfile(path) and not overwrite and os.path.isfile(weights) and up_to_date(path, weights):
-        report(f"TFLite: {path} (kept: already exported from these weights)")
+        report(f"{kind}: {path} (kept: already exported from these weights)")
         return path
     replaced = os.path.isfile(path)
-    if replaced:  # older than the weights, or --overwrite: made again, then swapped in
-        os.replace(path, aside := common.staging_name(folder, os.path.basename(path)))
+    aside = common.staging_name(os.path.dirname(path), os.path.basename(path))
+    if replaced:  # older than the weights, or --overwrite
+        os.replace(path, aside)
     try:
-        tflite.export_tflite(model_dir, export_dir, checkpoint=checkpoint, quantize=form, lrn=lrn,
-                             batch=batch, calibration_data=calibration,
-                             calibration_steps=calibration_steps, model_name=name)
+        write()
     except BaseException:
         if replaced and not os.path.exists(path):
             os.replace(aside, path)  # the old file back: never fewer artifacts than before
         raise
     if replaced:
         common.remove_quietly(aside)
-    report(f"TFLite: {path}" + (" (replaced)" if replaced else ""))
+    report(f"{kind}: {path}" + (" (replaced)" if replaced else ""))
     return path

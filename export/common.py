@@ -111,7 +111,7 @@ def publish_file(data: bytes, path: str) -> None:
     if os.path.lexists(path):
         raise FileExistsError(f"{path!r} already exists; delete it or choose another --export_dir.")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_staging_prefix(), suffix="-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=staging_prefix(), suffix="-" + os.path.basename(path))
     try:
         with storage.writing(path, RERUN_HINT), os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -141,7 +141,7 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
         raise FileExistsError(f"{final_dir!r} appeared during the export: {e.strerror}.") from None
 
 
-def _staging_prefix() -> str:
+def staging_prefix() -> str:
     """Staging names carry the writer's process id, so a later export can tell a killed
     export's leftovers from a running one's (`artifacts.remove_stale_staging`)."""
     return f".tmp-{os.getpid()}-"
@@ -149,12 +149,12 @@ def _staging_prefix() -> str:
 
 def staging_dir(parent: str, label: str) -> str:
     """A fresh temporary folder in `parent` whose name no reader mistakes for an artifact."""
-    return tempfile.mkdtemp(dir=parent, prefix=f"{_staging_prefix()}{label}-")
+    return tempfile.mkdtemp(dir=parent, prefix=f"{staging_prefix()}{label}-")
 
 
 def staging_name(parent: str, name: str) -> str:
     """A path in `parent` for setting `name` aside while it is made again."""
-    return os.path.join(parent, f"{_staging_prefix()}{name}")
+    return os.path.join(parent, f"{staging_prefix()}{name}")
 
 
 remove_quietly = storage.remove_quietly

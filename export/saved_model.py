@@ -1,7 +1,8 @@
 """SavedModel export in TF Serving's layout: EXPORT_DIR/<model_name>/<version>/.
 
-Two signatures, both preprocessing in the graph with `preprocess.eval_images`:
-`serving_default` takes uint8 pixels, `serving_bytes` encoded JPEG/PNG files.
+Three signatures, all preprocessing in the graph with `preprocess.eval_images`:
+`serving_default` takes uint8 pixels, `serving_bytes` encoded JPEG/PNG files, and
+`serving_features` uint8 pixels to fc7 features for retrieval.
 The version folder also holds the class names (assets/labels.txt and a graph
 constant) and warm-up requests (assets.extra/tf_serving_warmup_requests).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -23,6 +25,8 @@ TOP_K = 5
 MAX_BATCH = 128                 # images per request, both signatures
 MAX_PIXELS = 4096 * 4096        # height * width of one image (16.8 MP)
 BYTES_PARALLELISM = 4           # images of a serving_bytes request decoded at once
+FEATURES_LAYER = "fc7"          # what serving_features returns
+SIGNATURE_FEATURES = "serving_features"
 LABELS_ASSET = "labels.txt"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -114,13 +118,7 @@ def build_serving_functions(model, variant: str, class_names: list[str]):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serving_default(images):
-        # Rank and channels at run time: a client can send any shape.
-        images = tf.ensure_shape(images, [None, None, None, 3], name="images_shape_check")
-        shape = tf.shape(images)
-        checks = [_check_batch(shape[0], "images"), _check_pixels(shape[1], shape[2], "images")]
-        with tf.control_dependencies(checks):
-            images = tf.identity(images)
-        return outputs(preprocess.eval_images(images, variant))
+        return outputs(preprocess.eval_images(_checked_images(images), variant))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_bytes(image_bytes):
@@ -147,8 +145,36 @@ def build_serving_functions(model, variant: str, class_names: list[str]):
     return serving_default, serving_bytes
 
 
+def _checked_images(images: tf.Tensor) -> tf.Tensor:
+    """`images` after the rank, channel, batch and pixel checks (a client can send any shape)."""
+    images = tf.ensure_shape(images, [None, None, None, 3], name="images_shape_check")
+    shape = tf.shape(images)
+    checks = [_check_batch(shape[0], "images"), _check_pixels(shape[1], shape[2], "images")]
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def build_features_function(model, variant: str):
+    """The `serving_features` `tf.function`: uint8 pixels -> fc7 activations, for retrieval.
+
+    Takes the input of `serving_default` (same checks and preprocessing) and returns
+    `features`, float32 [batch, 4096] (1024 for `cifar`), fc7 after its ReLU, and
+    `features_l2`, the same rows scaled to unit L2 norm (all-zero rows stay zero), whose
+    dot products are cosine similarities.
+    """
+    extractor = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serving_features(images):
+        pixels = preprocess.eval_images(_checked_images(images), variant)
+        features = tf.cast(extractor(pixels, training=False), tf.float32)
+        return {"features": features, "features_l2": tf.math.l2_normalize(features, axis=-1)}
+
+    return serving_features
+
+
 def warmup_requests(model_name: str, variant: str) -> list:
-    """PredictionLog records exercising both signatures (a resize, a JPEG and a PNG)."""
+    """PredictionLog records exercising every signature (a resize, a JPEG and a PNG)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     stored, _ = preprocess.geometry(variant)
@@ -161,6 +187,8 @@ def warmup_requests(model_name: str, variant: str) -> list:
     requests = [
         serving_client.make_predict_request(model_name, images=image[None]),
         serving_client.make_predict_request(model_name, image_bytes=[jpeg, png]),
+        serving_client.make_predict_request(model_name, images=image[None],
+                                            signature_name=SIGNATURE_FEATURES),
     ]
     return [prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=r)) for r in requests]
@@ -208,17 +236,21 @@ def export_saved_model(model_dir: str, export_dir: str | None = None, *, checkpo
                               "pass another --version or leave it out for the next free one.")
 
     serving_default, serving_bytes = build_serving_functions(model, info["variant"], class_names)
+    serving_features = build_features_function(model, info["variant"])
     tmp = common.staging_dir(base, str(version))
     try:
         with storage.writing(final, common.RERUN_HINT):
-            _write_saved_model(tmp, final, model, info, name, class_names, serving_default, serving_bytes)
+            _write_saved_model(tmp, final, model, info, name, class_names, {
+                "serving_default": serving_default, "serving_bytes": serving_bytes,
+                SIGNATURE_FEATURES: serving_features})
     finally:
         common.remove_quietly(tmp)
     return final
 
 
-def _write_saved_model(tmp, final, model, info, name, class_names, serving_default, serving_bytes):
-    """Writes the SavedModel into the staging folder `tmp`, then renames it to `final`."""
+def _write_saved_model(tmp, final, model, info, name, class_names, signatures: dict):
+    """Writes the SavedModel with `signatures` (name -> tf.function) into the staging folder
+    `tmp`, then renames it to `final`."""
     labels_src = os.path.join(tmp, LABELS_ASSET)  # copied to assets/ by name
     with open(labels_src, "w", encoding="utf-8") as f:
         f.write(common.labels_text(class_names))
@@ -226,13 +258,11 @@ def _write_saved_model(tmp, final, model, info, name, class_names, serving_defau
     # The tf.Variables behind the Keras variables, so the SavedModel saves them.
     module.model_variables = [v.value for v in model.variables]
     module.labels = tf.saved_model.Asset(labels_src)
-    module.serving_default = serving_default
-    module.serving_bytes = serving_bytes
+    for signature, function in signatures.items():
+        setattr(module, signature, function)
     out = os.path.join(tmp, "model")
     tf.saved_model.save(module, out, signatures={
-        "serving_default": serving_default.get_concrete_function(),
-        "serving_bytes": serving_bytes.get_concrete_function(),
-    })
+        signature: function.get_concrete_function() for signature, function in signatures.items()})
     os.makedirs(os.path.join(out, "assets.extra"))
     with tf.io.TFRecordWriter(os.path.join(out, WARMUP_FILE)) as writer:
         for record in warmup_requests(name, info["variant"]):

@@ -21,6 +21,7 @@ from test_export_common import (CLASS_NAMES, encode, jpeg_declaring, make_run, p
 
 OUTPUTS = {"probabilities", "classes", "class_names", "top_k_indices", "top_k_probabilities",
            "top_k_class_names"}
+FEATURE_OUTPUTS = {"features", "features_l2"}
 AUGMENTATION_OPS = re.compile(r"Random|StatelessRandom|Multinomial|TruncatedNormal|Shuffle|Noise|Adjust")
 
 
@@ -102,7 +103,7 @@ def test_export_errors(tmp_path):
 
 def test_signatures_named_inputs_and_outputs(exported):
     signatures = exported["loaded"].signatures
-    assert set(signatures) == {"serving_default", "serving_bytes"}
+    assert set(signatures) == {"serving_default", "serving_bytes", "serving_features"}
     _, pixels = signatures["serving_default"].structured_input_signature
     assert pixels["images"].dtype == tf.uint8
     assert pixels["images"].shape.as_list() == [None, None, None, 3]
@@ -132,6 +133,23 @@ def test_serving_default_matches_keras(exported, height, width):
     names = np.array(CLASS_NAMES, dtype=object)
     assert [n.decode() for n in out["class_names"]] == list(names[order[:, 0]])
     assert out["top_k_class_names"].tolist() == [[n.encode() for n in row] for row in names[order]]
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (45, 61)])
+def test_serving_features_equal_keras_fc7(exported, height, width):
+    _, pixels = exported["loaded"].signatures["serving_features"].structured_input_signature
+    assert pixels["images"].dtype == tf.uint8
+    assert pixels["images"].shape.as_list() == [None, None, None, 3]
+    images = random_images(3, height, width, seed=width)
+    out = run_signature(exported["loaded"], "serving_features", images=images)
+    assert set(out) == FEATURE_OUTPUTS
+    model = exported["model"]
+    fc7 = tf.keras.Model(model.input, model.get_layer("fc7").output)
+    expected = fc7(preprocess.eval_images(images, "cifar"), training=False).numpy()
+    assert out["features"].dtype == np.float32 and out["features"].shape == (3, 1024)
+    np.testing.assert_allclose(out["features"], expected, rtol=1e-5, atol=1e-5)
+    norms = np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(out["features_l2"], expected / norms, atol=1e-6)
 
 
 def test_serving_bytes_equals_serving_default_on_decoded_pixels(exported):
@@ -170,12 +188,15 @@ def test_warmup_records_run_against_their_signatures(exported):
         signature = request.model_spec.signature_name
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         out = run_signature(exported["loaded"], signature, **inputs)
-        assert set(out) == OUTPUTS
         batch = len(next(iter(inputs.values())))
+        seen.add(signature)
+        if signature == "serving_features":
+            assert set(out) == FEATURE_OUTPUTS and out["features"].shape == (batch, 1024)
+            continue
+        assert set(out) == OUTPUTS
         assert out["probabilities"].shape == (batch, 3)
         np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
-        seen.add(signature)
-    assert seen == {"serving_default", "serving_bytes"}
+    assert seen == {"serving_default", "serving_bytes", "serving_features"}
 
 
 def _graph_op_types(saved_model_dir):

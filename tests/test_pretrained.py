@@ -3,6 +3,7 @@ end to end (file -> run folder -> SavedModel, predict, evaluate), and its errors
 
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -156,3 +157,19 @@ def test_convert_errors_are_one_line_and_write_nothing(tmp_path, make, message):
 def test_convert_refuses_a_folder_holding_a_run(converted):
     result = run_main("convert", f"--weights={converted['weights']}", f"--model_dir={converted['run']}")
     assert result.returncode == 1 and "is not empty" in result.stderr
+
+
+def test_data_parallel_prefix_is_dropped(tmp_path, caplog):
+    arrays = {"features.0.weight": np.ones((2, 3), np.float32), "classifier.6.bias": np.arange(4.0)}
+    path = tmp_path / "ddp.pth"
+    write_state_dict(str(path), {f"module.{k}": v for k, v in arrays.items()})
+    with caplog.at_level(logging.INFO, logger="absl"):
+        state = pretrained.read_torchvision_state_dict(str(path))
+    assert list(state) == list(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(state[key], value)
+    said = [r.getMessage() for r in caplog.records if "DataParallel" in r.getMessage()]
+    assert len(said) == 1 and str(path) in said[0]
+    mixed = tmp_path / "mixed.pth"  # only when every key has it
+    write_state_dict(str(mixed), {"module.a": np.zeros(1, np.float32), "b": np.zeros(1, np.float32)})
+    assert list(pretrained.read_torchvision_state_dict(str(mixed))) == ["module.a", "b"]
