@@ -85,21 +85,3 @@ def test_cli_export_format_keras_refuses_other_formats_flags(flag):
     result = run_main("export", "--model_dir=x", "--format=keras", flag)
     assert result.returncode == 1 and flag.split("=")[0] in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_format_all_includes_keras(monkeypatch):
-    """--format=all: SavedModel, every TFLite form, then the .keras file (exporters stubbed)."""
-    import main
-    from export import saved_model, tflite
-    calls = []
-    monkeypatch.setattr(saved_model, "export_saved_model", lambda *a, **k: calls.append("saved_model"))
-    monkeypatch.setattr(tflite, "export_tflite", lambda *a, **k: calls.append(k["quantize"]))
-    monkeypatch.setattr(tflite, "calibration_batches", lambda *a, **k: None)
-    monkeypatch.setattr(keras_file, "export_keras", lambda *a, **k: calls.append("keras"))
-    main.FLAGS.unparse_flags()
-    main.FLAGS(["main.py", "export", "--model_dir=x", "--format=all"])
-    try:
-        main.export(["main.py", "export"])
-    finally:
-        main.FLAGS.unparse_flags()
-    assert calls == ["saved_model", *tflite.QUANTIZATIONS, "keras"]

@@ -40,7 +40,7 @@ def exported(tmp_path_factory):
             "tflite": os.path.join(export_dir, "alexnet_cifar_float32.tflite")}
 
 
-def test_export_all_writes_the_saved_model_and_every_tflite_form(exported):
+def test_export_all_writes_the_saved_model_every_tflite_form_and_the_keras_file(exported):
     assert os.path.isfile(os.path.join(exported["saved_model"], "saved_model.pb"))
     assert os.path.isfile(os.path.join(exported["saved_model"], "assets.extra",
                                        "tf_serving_warmup_requests"))
@@ -48,6 +48,8 @@ def test_export_all_writes_the_saved_model_and_every_tflite_form(exported):
         path = exported["tflite"].replace("float32", form)
         assert os.path.isfile(path), form
         assert os.path.isfile(path.replace(".tflite", ".labels.txt")), form
+    keras_path = os.path.join(os.path.dirname(exported["tflite"]), "alexnet_cifar.keras")
+    assert os.path.isfile(keras_path) and os.path.isfile(keras_path.replace(".keras", ".labels.txt"))
 
 
 def test_export_all_without_calibration_images_writes_nothing(tmp_path):
