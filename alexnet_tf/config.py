@@ -29,6 +29,7 @@ SPLITS = ("train", "val")
 TTA_MODES = ("none", "10crop")
 BENCHMARKS = ("train", "input", "inference", "all", "profile")
 ONEDNN_CHOICES = ("auto", "on", "off")
+FEATURE_LAYERS = ("pool5", "fc6", "fc7")            # what `features` extracts (pool5 flattened)
 
 
 # Named recipes: the settings that differ from TrainConfig's defaults.
