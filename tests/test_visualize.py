@@ -1,0 +1,177 @@
+"""Pictures of a run: conv1's kernels against a per-kernel min-max scaling done here in NumPy,
+fc7 nearest neighbours against np.linalg.norm."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_tf import visualize
+from alexnet_tf.model import build_alexnet
+from data_pipeline import preprocess
+from test_export_common import CLASS_NAMES, encode, make_run, random_images
+
+
+# conv1 kernels as a grid (the paper's Fig. 3)
+
+def expected_tiles(kernel, scale):
+    """Each kernel min-max scaled on its own (constant: 0.5), as uint8, enlarged `scale` times."""
+    tiles = []
+    for i in range(kernel.shape[-1]):
+        k = kernel[..., i].astype(np.float64)
+        span = k.max() - k.min()
+        unit = (k - k.min()) / span if span > 0 else np.full(k.shape, 0.5)
+        tiles.append(np.kron(np.round(unit * 255), np.ones((scale, scale, 1))).astype(np.uint8))
+    return tiles
+
+
+def check_grid(grid, kernel, *, scale, columns, groups):
+    tiles = expected_tiles(kernel, scale)
+    side = kernel.shape[0] * scale
+    per_block = len(tiles) // groups
+    rows = -(-per_block // columns)
+    block_height = rows * (side + 1) + 1
+    assert grid.dtype == np.uint8
+    assert grid.shape == (groups * block_height + (groups - 1) * visualize.TOWER_GAP,
+                          columns * (side + 1) + 1, 3)
+    covered = np.zeros(grid.shape[:2], bool)
+    for i, tile in enumerate(tiles):
+        block, j = divmod(i, per_block)
+        top = block * (block_height + visualize.TOWER_GAP) + 1 + (j // columns) * (side + 1)
+        left = 1 + (j % columns) * (side + 1)
+        np.testing.assert_array_equal(grid[top:top + side, left:left + side], tile, err_msg=str(i))
+        covered[top:top + side, left:left + side] = True
+    assert (grid[~covered] == visualize.SEPARATOR).all()  # separators and gaps
+
+
+def test_cifar_filter_grid_is_each_kernel_scaled_on_its_own():
+    kernel = build_alexnet("cifar", 10, seed=0).get_layer("conv1").get_weights()[0]  # [3, 3, 3, 64]
+    kernel[..., 5] = 0.25  # a constant kernel is mid grey
+    grid = visualize.filter_grid(kernel)
+    check_grid(grid, kernel, scale=11, columns=16, groups=1)  # about 32 pixels a kernel
+    assert grid.shape == (4 * 34 + 1, 16 * 34 + 1, 3)
+    assert expected_tiles(kernel, 1)[5].min() == expected_tiles(kernel, 1)[5].max() == 128
+
+
+@pytest.mark.parametrize("filters, groups", [(96, 2), (64, 1)])  # paper with two towers, owt
+def test_11x11_filter_grids(filters, groups):
+    kernel = np.random.default_rng(filters).normal(0, 0.01, (11, 11, 3, filters)).astype(np.float32)
+    grid = visualize.filter_grid(kernel, groups=groups)
+    check_grid(grid, kernel, scale=3, columns=16, groups=groups)
+    check_grid(visualize.filter_grid(kernel, groups=groups, scale=2, columns=8), kernel,
+               scale=2, columns=8, groups=groups)
+
+
+def test_filter_grid_errors():
+    with pytest.raises(ValueError, match=r"Received: shape \(3, 3, 1, 8\)"):
+        visualize.filter_grid(np.zeros((3, 3, 1, 8)))
+    with pytest.raises(ValueError, match="Received: groups=3"):
+        visualize.filter_grid(np.zeros((3, 3, 3, 6)), groups=3)
+    with pytest.raises(ValueError, match="do not split"):
+        visualize.filter_grid(np.zeros((3, 3, 3, 7)), groups=2)
+    with pytest.raises(ValueError, match="Received: scale=0"):
+        visualize.filter_grid(np.zeros((3, 3, 3, 4)), scale=0)
+
+
+def test_run_filters_draws_the_towers_of_run_json(tmp_path):
+    model = build_alexnet("cifar", 3, seed=2)
+    model_dir, _ = make_run(tmp_path / "run", model=model, model_kwargs={"groups": 2})
+    output = str(tmp_path / "filters.png")
+    visualize.run_filters(model_dir, output)
+    picture = np.asarray(Image.open(output))
+    check_grid(picture, model.get_layer("conv1").get_weights()[0], scale=11, columns=16, groups=2)
+
+
+@pytest.mark.slow
+def test_filters_of_a_converted_torchvision_run(tmp_path):
+    import torchvision_reference as ref
+    from alexnet_tf.pretrained import convert_torchvision
+    from torch_files import write_state_dict
+
+    state_dict = ref.random_state_dict(seed=1)
+    weights = str(tmp_path / "alexnet.pth")
+    write_state_dict(weights, state_dict)
+    convert_torchvision(weights, str(tmp_path / "run"))
+    output = str(tmp_path / "filters.png")
+    visualize.run_filters(str(tmp_path / "run"), output)
+    kernel = state_dict["features.0.weight"].transpose(2, 3, 1, 0)  # torch OIHW -> HWIO
+    check_grid(np.asarray(Image.open(output)), kernel, scale=3, columns=16, groups=1)
+
+
+# nearest neighbours by fc7 distance (Fig. 4)
+
+def test_nearest_neighbors_match_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(50, 7)).astype(np.float32)
+    queries = np.concatenate([gallery[[3, 41]], rng.normal(size=(2, 7)).astype(np.float32)])
+    indices, distances = visualize.nearest_neighbors(queries, gallery, top=5, chunk=16)
+    for q, vector in enumerate(queries):
+        d = np.linalg.norm(gallery.astype(np.float64) - vector, axis=1)
+        np.testing.assert_array_equal(indices[q], np.argsort(d)[:5])
+        np.testing.assert_allclose(distances[q], np.sort(d)[:5], rtol=1e-5)
+    assert indices[0, 0] == 3 and indices[1, 0] == 41 and distances[0, 0] == distances[1, 0] == 0
+    assert visualize.nearest_neighbors(queries, gallery[:3], top=5)[0].shape == (4, 3)
+    with pytest.raises(ValueError, match="Received: top=0"):
+        visualize.nearest_neighbors(queries, gallery, top=0)
+
+
+@pytest.fixture(scope="module")
+def run_and_images(tmp_path_factory):
+    """An untrained cifar run (3 classes) and image folders: a gallery of class folders with a
+    corrupt file, and queries that are byte copies of two gallery images."""
+    root = tmp_path_factory.mktemp("viz")
+    model_dir, model = make_run(root / "run", seed=7)
+    gallery, queries = root / "gallery", root / "queries"
+    pixels = random_images(6, 36, 48, seed=11)
+    for i, name in enumerate(CLASS_NAMES * 2):
+        (gallery / name).mkdir(parents=True, exist_ok=True)
+        (gallery / name / f"{i}.png").write_bytes(encode(pixels[i], "PNG"))
+    (gallery / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    queries.mkdir()
+    copies = {str(queries / "q1.png"): str(gallery / "bird" / "2.png"),
+              str(queries / "q4.png"): str(gallery / "dog" / "4.png")}
+    for query, original in copies.items():
+        with open(original, "rb") as f:
+            open(query, "wb").write(f.read())
+    return {"root": root, "model_dir": model_dir, "model": model, "gallery": str(gallery),
+            "queries": str(queries), "copies": copies}
+
+
+def fc7_of(model, path):
+    probe = keras.Model(model.input, model.get_layer("fc7").output)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    return np.asarray(probe(preprocess.eval_images(pixels[None], "cifar"), training=False))[0]
+
+
+def test_neighbors_find_exact_copies_first_at_distance_zero(run_and_images):
+    data = run_and_images
+    output = str(data["root"] / "neighbors.png")
+    record = visualize.run_neighbors(data["model_dir"], data["gallery"], data["queries"], output,
+                                     top=3, verbose=0)
+    with open(os.path.join(data["root"], "neighbors.json")) as f:
+        assert json.load(f) == record
+    assert [q["path"] for q in record["queries"]] == sorted(data["copies"])
+    for query in record["queries"]:
+        found = query["neighbors"]
+        assert len(found) == 3 and found[0]["path"] == data["copies"][query["path"]]
+        assert found[0]["distance"] == 0.0 and found[1]["distance"] > 0
+        assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)
+        q = fc7_of(data["model"], query["path"]).astype(np.float64)
+        for n in found:
+            want = np.linalg.norm(fc7_of(data["model"], n["path"]) - q)
+            assert n["distance"] == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert not any("broken" in n["path"] for n in found)
+    # A row per query: the query, a gap, then 3 neighbours, 96 pixels each, 1-pixel lines.
+    picture = np.asarray(Image.open(output))
+    tile = visualize.NEIGHBOR_TILE
+    assert picture.shape == (2 * (tile + 1) + 1, (tile + 2) + visualize.QUERY_GAP + 3 * (tile + 1) + 1, 3)
+    # Each copy is drawn like its query: the evaluation crop enlarged 3 times.
+    first = Image.open(sorted(data["copies"])[0]).convert("RGB")
+    crop = preprocess.eval_images(np.asarray(first)[None], "cifar")[0].numpy().astype(np.uint8)
+    enlarged = crop.repeat(3, axis=0).repeat(3, axis=1)
+    np.testing.assert_array_equal(picture[1:1 + tile, 1:1 + tile], enlarged)
+    left = tile + 2 + visualize.QUERY_GAP + 1
+    np.testing.assert_array_equal(picture[1:1 + tile, left:left + tile], enlarged)
