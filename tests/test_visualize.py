@@ -1,5 +1,6 @@
 """Pictures of a run: conv1's kernels against a per-kernel min-max scaling done here in NumPy,
-fc7 nearest neighbours against np.linalg.norm."""
+fc7 nearest neighbours against np.linalg.norm, Grad-CAM against its formula and on a model
+that must look at one quadrant, and the features / visualize / predict --explain commands."""
 
 import json
 import os
@@ -7,11 +8,13 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import visualize
+from alexnet_tf import gradcam, visualize
 from alexnet_tf.model import build_alexnet
 from data_pipeline import preprocess
+from export import predict
 from test_export_common import CLASS_NAMES, encode, make_run, random_images
 
 
@@ -175,3 +178,136 @@ def test_neighbors_find_exact_copies_first_at_distance_zero(run_and_images):
     np.testing.assert_array_equal(picture[1:1 + tile, 1:1 + tile], enlarged)
     left = tile + 2 + visualize.QUERY_GAP + 1
     np.testing.assert_array_equal(picture[1:1 + tile, left:left + tile], enlarged)
+
+
+# Grad-CAM (Selvaraju et al. 2017)
+
+def gap_model(classes=4, seed=0):
+    """conv1 -> pool -> conv5 -> global average -> fc8: the logit is linear in conv5's output."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv5")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="fc8")(x))
+
+
+def test_grad_cam_maps_follow_the_formula():
+    # With a global average before a linear fc8, d logit_c / dA_ij^k = W[k, c] / (h * w):
+    # alpha_k = W[k, c] / (h * w) and the map is ReLU(sum_k alpha_k A^k).
+    model = gap_model(seed=1)
+    images = random_images(3, 32, 32, seed=2).astype(np.float32)
+    maps, classes, logits = gradcam.grad_cam_maps(model, images)
+    activations = np.asarray(keras.Model(model.input, model.get_layer("conv5").output)(images))
+    kernel, bias = model.get_layer("fc8").get_weights()
+    want_logits = activations.mean(axis=(1, 2)) @ kernel + bias
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(classes, want_logits.argmax(-1))
+    h, w = activations.shape[1:3]
+    for b in range(3):
+        want = np.maximum(activations[b] @ (kernel[:, classes[b]] / (h * w)), 0)
+        np.testing.assert_allclose(maps[b], want, rtol=1e-4, atol=1e-6)
+    # A chosen class, and the upsampled map scaled to [0, 1].
+    _, chosen, _ = gradcam.grad_cam_maps(model, images, class_index=2)
+    assert chosen.tolist() == [2, 2, 2]
+    heat, _, _ = gradcam.grad_cam(model, images)
+    assert heat.shape == (3, 32, 32) and heat.min() >= 0 and heat.max() <= 1
+
+
+SQUARE_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]])
+
+
+def square_images(n, seed):
+    """Dim noise with a bright 6x6 square in a random quadrant; the square's colour is the class.
+
+    (A class told by the quadrant alone would not do: Grad-CAM weighs each channel by its
+    gradient averaged over all places, and for such classes those averages cancel out.)
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 60, (n, 32, 32, 3))
+    labels = np.arange(n) % 4
+    quadrants = rng.integers(0, 4, n)
+    for image, label, quadrant in zip(images, labels, quadrants):
+        top = 16 * (quadrant // 2) + rng.integers(1, 9)
+        left = 16 * (quadrant % 2) + rng.integers(1, 9)
+        image[top:top + 6, left:left + 6] = SQUARE_COLOURS[label]
+    return images.astype(np.float32), labels, quadrants
+
+
+def test_grad_cam_heat_lies_in_the_quadrant_of_the_evidence():
+    model = gap_model(seed=3)
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images, labels, _ = square_images(256, seed=7)
+    model.fit(images, labels, batch_size=32, epochs=5, verbose=0)
+    test_images, test_labels, quadrants = square_images(12, seed=103)
+    heat, classes, _ = gradcam.grad_cam(model, test_images)
+    assert (classes == test_labels).mean() >= 0.9
+    share = []
+    for h, quadrant in zip(heat, quadrants):
+        top, left = 16 * (quadrant // 2), 16 * (quadrant % 2)
+        share.append(h[top:top + 16, left:left + 16].sum() / h.sum())
+        hottest = np.unravel_index(h.argmax(), h.shape)
+        assert (hottest[0] // 16, hottest[1] // 16) == (quadrant // 2, quadrant % 2)
+    assert np.mean(share) > 0.5, share  # a quarter of the image holds most of the heat
+
+
+def test_grad_cam_of_the_cifar_model():
+    model = build_alexnet("cifar", 5, seed=8)
+    images = random_images(2, 32, 32, seed=9).astype(np.float32)
+    heat, classes, logits = gradcam.grad_cam(model, images)
+    np.testing.assert_allclose(logits, np.asarray(model(images, training=False)), rtol=1e-4, atol=1e-5)
+    assert classes.tolist() == logits.argmax(-1).tolist()
+    assert heat.shape == (2, 32, 32) and heat.dtype == np.float32
+    for h in heat:
+        assert h.max() == pytest.approx(1.0) and h.min() == 0.0 or h.max() == 0.0
+    with pytest.raises(ValueError, match="Received: layer='fc7'"):
+        gradcam.grad_cam(model, images, layer="fc7")
+
+
+def test_overlay_mixes_the_colour_map_with_the_image():
+    from matplotlib import colormaps
+
+    image = random_images(1, 4, 5, seed=1)[0]
+    heat = np.linspace(0, 1, 20).reshape(4, 5)
+    jet = colormaps["jet"](heat)[..., :3] * 255
+    want = np.clip(np.round(0.5 * image + 0.5 * jet), 0, 255)
+    np.testing.assert_array_equal(gradcam.overlay(image, heat), want.astype(np.uint8))
+    with pytest.raises(ValueError, match="the image's size"):
+        gradcam.overlay(image, heat[:3])
+
+
+# predict on a run folder, with --explain
+
+def test_predict_on_a_run_folder_with_grad_cam(run_and_images, tmp_path):
+    data = run_and_images
+    out = str(tmp_path / "cams")
+    results, failures = predict.predict_files(data["model_dir"], [data["queries"]], top_k=2, explain=out)
+    assert not failures and len(results) == 2
+    model = data["model"]
+    for result in results:
+        pixels = np.asarray(Image.open(result.path).convert("RGB"))
+        probabilities = tf.nn.softmax(model(preprocess.eval_images(pixels[None], "cifar"))).numpy()[0]
+        order = np.argsort(-probabilities)[:2]
+        assert [i for _, i, _ in result.top_k] == order.tolist()
+        np.testing.assert_allclose([p for *_, p in result.top_k], probabilities[order], rtol=1e-4)
+        stem = os.path.splitext(os.path.basename(result.path))[0]
+        assert result.explanation == os.path.join(out, f"{stem}_gradcam.png")
+        assert Image.open(result.explanation).size == (128, 128)  # 32x32 crop enlarged 4 times
+
+
+def test_explain_is_refused_for_exported_artifacts(run_and_images, tmp_path):
+    saved_model = tmp_path / "export" / "1"
+    saved_model.mkdir(parents=True)
+    (saved_model / "saved_model.pb").write_bytes(b"")
+    for artifact, kind in ((str(saved_model), "a SavedModel"), (str(tmp_path / "m.tflite"), "a .tflite file")):
+        with pytest.raises(ValueError, match=f"is {kind}.*--artifact=MODEL_DIR"):
+            predict.predict_files(artifact, [run_and_images["queries"]], explain=str(tmp_path / "cams"))
+    assert not os.path.exists(tmp_path / "cams")
+
+
+def test_explanation_names_stay_apart():
+    taken = set()
+    names = [predict._explanation_path("out", p, taken) for p in ("a/x.jpg", "b/x.png", "y.jpg")]
+    assert names == [os.path.join("out", n) for n in ("x_gradcam.png", "x_2_gradcam.png", "y_gradcam.png")]
