@@ -30,6 +30,7 @@ TTA_MODES = ("none", "10crop")
 BENCHMARKS = ("train", "input", "inference", "all", "profile")
 ONEDNN_CHOICES = ("auto", "on", "off")
 FEATURE_LAYERS = ("pool5", "fc6", "fc7")            # what `features` extracts (pool5 flattened)
+VISUALIZATIONS = ("filters", "neighbors")           # what `visualize --show` draws
 
 
 # Named recipes: the settings that differ from TrainConfig's defaults.

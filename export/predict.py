@@ -257,8 +257,10 @@ def predict_files(artifact: str, paths: Sequence[str], top_k: int = 5, explain: 
 
 
 def print_predictions(results: Sequence[Prediction], failures: Sequence[tuple[str, str]],
-                      out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-    """Prints the top-k per file, and one line per failed file on `err`."""
+                      out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Prints the top-k per file (and its Grad-CAM picture) on `out`, and one line per failed
+    file on `err` (default: the current sys.stdout and sys.stderr)."""
+    out, err = out or sys.stdout, err or sys.stderr
     for result in results:
         print(result.path, file=out)
         for rank, (name, index, p) in enumerate(result.top_k, 1):

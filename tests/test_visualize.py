@@ -311,3 +311,74 @@ def test_explanation_names_stay_apart():
     taken = set()
     names = [predict._explanation_path("out", p, taken) for p in ("a/x.jpg", "b/x.png", "y.jpg")]
     assert names == [os.path.join("out", n) for n in ("x_gradcam.png", "x_2_gradcam.png", "y_gradcam.png")]
+
+
+# the commands end to end
+
+def run_cli(capsys, *args):
+    """`python main.py ARGS` in this process: (exit status, stdout, stderr)."""
+    import main
+
+    argv = main.FLAGS(["main.py", *args])
+    try:
+        main.main(argv)
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    finally:
+        main.FLAGS.unparse_flags()
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_features_command(run_and_images, tmp_path, capsys):
+    data = run_and_images
+    output = str(tmp_path / "fc7.npz")
+    status, out, err = run_cli(capsys, "features", f"--model_dir={data['model_dir']}",
+                               f"--data_dir={data['gallery']}", f"--output={output}", "--batch_size=4")
+    assert status == 0, err
+    assert f"Wrote {output}: 6 images x 1024 fc7 features, 1 unreadable files skipped." in out
+    with np.load(output) as saved:
+        assert saved["features"].shape == (6, 1024)
+        names = [os.path.basename(os.path.dirname(p)) for p in saved["paths"]]
+        assert saved["labels"].tolist() == [CLASS_NAMES.index(n) for n in names]
+
+
+def test_visualize_filters_command(run_and_images, tmp_path):
+    from helpers import run_main
+
+    output = str(tmp_path / "filters.png")
+    result = run_main("visualize", f"--model_dir={run_and_images['model_dir']}", "--show=filters",
+                      f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"Wrote {output} (545x137)."  # 64 kernels of 3x3, x11, 16 a row
+    kernel = run_and_images["model"].get_layer("conv1").get_weights()[0]
+    check_grid(np.asarray(Image.open(output)), kernel, scale=11, columns=16, groups=1)
+
+
+def test_visualize_neighbors_command(run_and_images, tmp_path, capsys):
+    data = run_and_images
+    output = str(tmp_path / "figure4.png")
+    status, out, err = run_cli(capsys, "visualize", f"--model_dir={data['model_dir']}", "--show=neighbors",
+                               f"--data_dir={data['gallery']}", f"--query={data['queries']}", "--top=2",
+                               f"--output={output}")
+    assert status == 0, err
+    assert f"Wrote {output} and {tmp_path / 'figure4.json'} (2 queries)." in out
+    with open(tmp_path / "figure4.json") as f:
+        record = json.load(f)
+    for query in record["queries"]:
+        assert [n["path"] for n in query["neighbors"]][0] == data["copies"][query["path"]]
+    assert Image.open(output).size[1] == 2 * (visualize.NEIGHBOR_TILE + 1) + 1
+
+
+def test_predict_explain_command(run_and_images, tmp_path, capsys):
+    data = run_and_images
+    cams = tmp_path / "cams"
+    status, out, err = run_cli(capsys, "predict", f"--artifact={data['model_dir']}", f"--explain={cams}",
+                               "--top_k=2", data["queries"])
+    assert status == 0, err
+    lines = out.splitlines()
+    for name in ("q1", "q4"):
+        index = lines.index(os.path.join(data["queries"], f"{name}.png"))
+        assert lines[index + 3] == f"  Grad-CAM: {cams / f'{name}_gradcam.png'}"
+        assert os.path.isfile(cams / f"{name}_gradcam.png")
