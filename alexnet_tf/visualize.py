@@ -180,16 +180,18 @@ def nearest_neighbors(queries: np.ndarray, gallery: np.ndarray, top: int,
 
 
 def _display(paths: Sequence[str], variant: str, tile: int) -> np.ndarray:
-    """The evaluation crops of image files, resized to tile x tile: uint8 [n, tile, tile, 3]."""
-    import tensorflow as tf
+    """The evaluation crops of image files, resized to tile x tile: uint8 [n, tile, tile, 3].
+
+    Decoded with PIL, which also reads palette BMPs right (for display only)."""
     from PIL import Image
 
     from data_pipeline import preprocess
 
     out = np.zeros((len(paths), tile, tile, 3), np.uint8)
     for i, path in enumerate(paths):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        crop = preprocess.eval_images(image, variant).numpy().astype(np.uint8)
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        crop = preprocess.eval_images(pixels, variant).numpy().astype(np.uint8)
         # Small crops (cifar's 32x32) are enlarged with nearest neighbour, large ones reduced.
         method = Image.NEAREST if crop.shape[0] < tile else Image.LANCZOS
         out[i] = np.asarray(Image.fromarray(crop).resize((tile, tile), method))

@@ -301,7 +301,8 @@ def test_explain_is_refused_for_exported_artifacts(run_and_images, tmp_path):
     saved_model = tmp_path / "export" / "1"
     saved_model.mkdir(parents=True)
     (saved_model / "saved_model.pb").write_bytes(b"")
-    for artifact, kind in ((str(saved_model), "a SavedModel"), (str(tmp_path / "m.tflite"), "a .tflite file")):
+    tflite = str(tmp_path / "m.tflite")
+    for artifact, kind in ((str(saved_model), "a SavedModel"), (tflite, "a .tflite file")):
         with pytest.raises(ValueError, match=f"is {kind}.*--artifact=MODEL_DIR"):
             predict.predict_files(artifact, [run_and_images["queries"]], explain=str(tmp_path / "cams"))
     assert not os.path.exists(tmp_path / "cams")
