@@ -1,6 +1,6 @@
 """Command-line entry point: `python main.py COMMAND [--flags]`.
 
-Commands: train, evaluate, export, predict, prepare, benchmark, convert.
+Commands: train, evaluate, export, predict, prepare, benchmark, convert, features, visualize.
 Flags are parsed here and passed on as explicit arguments; nothing below
 this file reads FLAGS.
 """
@@ -66,8 +66,11 @@ flags.DEFINE_string("model_name", None, "Served model name / TFLite file prefix 
                     "(default: alexnet_<variant>).")
 
 # predict
-flags.DEFINE_string("artifact", None, "A SavedModel directory or a .tflite file.")
+flags.DEFINE_string("artifact", None, "A SavedModel directory, a .tflite file, or a training run's "
+                    "folder (its best weights; needed by --explain).")
 flags.DEFINE_integer("top_k", 5, "Classes printed per file.", lower_bound=1)
+flags.DEFINE_string("explain", None, "A folder for Grad-CAM pictures of each file's top class at "
+                    "conv5 (<image stem>_gradcam.png); needs --artifact=MODEL_DIR, a run folder.")
 
 # prepare
 flags.DEFINE_string("output_dir", None, "Where `prepare` writes TFRecord shards.")
@@ -76,9 +79,19 @@ flags.DEFINE_integer("shards", 16, "TFRecord shards per split.", lower_bound=1)
 # benchmark
 flags.DEFINE_enum("what", "all", list(cfg.BENCHMARKS),
                   "What to benchmark; profile: op-level times of the train step (not in all).")
-flags.DEFINE_string("output", None, "JSON file for benchmark records.")
+flags.DEFINE_string("output", None, "The file written: benchmark's JSON records, features' .npz, "
+                    "visualize's PNG.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per benchmark figure.", lower_bound=1)
 flags.DEFINE_integer("threads", 0, "TF intra-op threads for benchmarks (0: all cores).", lower_bound=0)
+
+# features, visualize
+flags.DEFINE_enum("layer", "fc7", list(cfg.FEATURE_LAYERS), "The layer whose activations `features` "
+                  "writes (pool5 flattened; fc6, fc7 after their ReLU).")
+flags.DEFINE_enum("show", "filters", list(cfg.VISUALIZATIONS), "What `visualize` draws: filters "
+                  "(conv1's kernels, the paper's Fig. 3) or neighbors (the --data_dir images nearest "
+                  "to --query by fc7 distance, Fig. 4).")
+flags.DEFINE_string("query", None, "neighbors: an image file or a folder of query images.")
+flags.DEFINE_integer("top", 6, "neighbors: gallery images shown per query.", lower_bound=1)
 
 
 def _no_args(argv):
@@ -178,13 +191,15 @@ def _calibration(quantize: str | None):
 
 def predict(argv):
     if not FLAGS.artifact:
-        raise app.UsageError("predict needs --artifact=PATH (a SavedModel folder or a .tflite file).")
+        raise app.UsageError("predict needs --artifact=PATH (a SavedModel folder, a .tflite file "
+                             "or a run folder).")
     if len(argv) < 3:
         raise app.UsageError("predict needs image files or folders: "
                              "python main.py predict --artifact=PATH FILE_OR_DIR...")
     import_tensorflow_quietly()
     from export.predict import predict_files, print_predictions
-    results, failures = predict_files(FLAGS.artifact, argv[2:], top_k=FLAGS.top_k)
+    results, failures = predict_files(FLAGS.artifact, argv[2:], top_k=FLAGS.top_k,
+                                      explain=FLAGS.explain)
     print_predictions(results, failures)
     if not results and not failures:
         print(f"Error: no files found in {' '.join(argv[2:])}", file=sys.stderr)
@@ -240,6 +255,46 @@ def convert(argv):
           f"classes, {info['parameters']:,} parameters (from {weights}).")
 
 
+def features(argv):
+    """Writes a run's --layer vectors of every image under --data_dir to --output (.npz)."""
+    _no_args(argv)
+    for flag, what in (("model_dir", "a run folder"), ("data_dir", "a folder of images"),
+                       ("output", "the .npz file to write")):
+        if not FLAGS[flag].value:
+            raise app.UsageError(f"features needs --{flag}: {what}.")
+    import_tensorflow_quietly()
+    from alexnet_tf.features import run_features
+    result = run_features(FLAGS.model_dir, FLAGS.data_dir, FLAGS.output, layer=FLAGS.layer,
+                          batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint)
+    count, dim = result.features.shape
+    print(f"Wrote {FLAGS.output}: {count} images x {dim} {result.layer} features"
+          f"{f', {len(result.skipped)} unreadable files skipped' if result.skipped else ''}.")
+
+
+def visualize(argv):
+    """Draws conv1's kernels (--show=filters) or fc7 nearest neighbours (--show=neighbors)."""
+    _no_args(argv)
+    if not FLAGS.model_dir:
+        raise app.UsageError("visualize needs --model_dir=RUN, a run folder.")
+    if not FLAGS.output:
+        raise app.UsageError("visualize needs --output=FILE.png.")
+    neighbor_flags = ("data_dir", "query", "top", "batch_size")
+    if FLAGS.show == "filters" and any(FLAGS[f].present for f in neighbor_flags):
+        raise app.UsageError(f"--{'/--'.join(neighbor_flags)} apply to --show=neighbors.")
+    if FLAGS.show == "neighbors" and not (FLAGS.data_dir and FLAGS.query):
+        raise app.UsageError("--show=neighbors needs --data_dir=GALLERY and --query=IMAGE_OR_DIR.")
+    import_tensorflow_quietly()
+    from alexnet_tf import visualize as viz
+    if FLAGS.show == "filters":
+        picture = viz.run_filters(FLAGS.model_dir, FLAGS.output, checkpoint=FLAGS.checkpoint)
+        print(f"Wrote {FLAGS.output} ({picture.shape[1]}x{picture.shape[0]}).")
+        return
+    record = viz.run_neighbors(FLAGS.model_dir, FLAGS.data_dir, FLAGS.query, FLAGS.output,
+                               top=FLAGS.top, checkpoint=FLAGS.checkpoint, batch_size=FLAGS.batch_size)
+    print(f"Wrote {FLAGS.output} and {viz.neighbors_json_path(FLAGS.output)} "
+          f"({len(record['queries'])} queries).")
+
+
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
@@ -249,6 +304,8 @@ COMMANDS = {
     "benchmark": benchmark,
     "convert": convert,
     "recipes": recipes,
+    "features": features,
+    "visualize": visualize,
 }
 
 
@@ -362,11 +419,13 @@ COMMAND_FLAGS = {
     "evaluate": ("model_dir", "dataset", "data_dir", "batch_size", "tta", "split", "checkpoint"),
     "export": ("model_dir", "format", "export_dir", "version", "quantize", "lrn", "tflite_batch",
                "calibration_steps", "checkpoint", "model_name", "dataset", "data_dir", "overwrite"),
-    "predict": ("artifact", "top_k"),
+    "predict": ("artifact", "top_k", "explain"),
     "prepare": ("data_dir", "output_dir", "shards", "strict"),
     "benchmark": ("model", "data_dir", "what", "output", "batch_size", "reps", "threads", "precision"),
     "convert": ("weights", "model_dir"),
     "recipes": (),
+    "features": ("model_dir", "data_dir", "layer", "output", "batch_size", "checkpoint"),
+    "visualize": ("model_dir", "show", "output", "data_dir", "query", "top", "batch_size", "checkpoint"),
 }
 
 
@@ -393,6 +452,8 @@ EXAMPLES = {
     "benchmark": "python main.py benchmark --what=train --model=cifar",
     "convert": "python main.py convert --weights=alexnet-owt-7be5be79.pth --model_dir=runs/imagenet",
     "recipes": "python main.py recipes",
+    "features": "python main.py features --model_dir=runs/cifar10 --data_dir=images/ --output=fc7.npz",
+    "visualize": "python main.py visualize --model_dir=runs/cifar10 --show=filters --output=filters.png",
 }
 
 

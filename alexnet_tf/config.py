@@ -32,6 +32,8 @@ ONEDNN_CHOICES = ("auto", "on", "off")
 POOLINGS = ("avg", "max")                          # AlexNet(include_top=False, pooling=)
 CLASSIFIER_ACTIVATIONS = ("softmax",)               # AlexNet(classifier_activation=), or None
 PRETRAINED_WEIGHTS = ("imagenet",)                  # named weights of AlexNet(weights=) and convert
+FEATURE_LAYERS = ("pool5", "fc6", "fc7")            # what `features` extracts (pool5 flattened)
+VISUALIZATIONS = ("filters", "neighbors")           # what `visualize --show` draws
 
 
 # Named recipes: the settings that differ from TrainConfig's defaults.

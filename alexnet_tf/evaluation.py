@@ -86,6 +86,7 @@ def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none",
 
     Returns:
         The metrics (see `evaluate_dataset`) plus `split`, `tta`, `checkpoint`, `class_names`.
+        The confusion matrix also goes to TensorBoard (MODEL_DIR/logs/eval).
 
     Raises:
         FileNotFoundError: no run or no weights in `model_dir`.
@@ -113,7 +114,24 @@ def evaluate_run(model_dir: str, *, checkpoint: str = "best", tta: str = "none",
     result.update(split=split, tta=tta, checkpoint=checkpoint, class_names=info["class_names"])
     rundir.atomic_write_text(os.path.join(model_dir, rundir.EVAL), json.dumps(result, indent=2))
     plot_confusion(result["confusion"], info["class_names"], os.path.join(model_dir, rundir.CONFUSION))
+    _log_confusion(model_dir, result)
     return result
+
+
+def _log_confusion(model_dir: str, result: dict) -> None:
+    """The confusion matrix in TensorBoard: MODEL_DIR/logs/eval, tag confusion/<split>/<weights>."""
+    import os
+
+    from alexnet_tf.tensorboard import log_confusion
+
+    tag = f"confusion/{result['split']}/{result['checkpoint']}"
+    if result["tta"] != "none":
+        tag += f"/{result['tta']}"
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval"))
+    try:
+        log_confusion(writer, result["confusion"], result["class_names"], step=0, name=tag)
+    finally:
+        writer.close()
 
 
 def _run_dataset(info: dict, dataset: str | None, data_dir: str | None, split: str,
@@ -132,10 +150,8 @@ def _run_dataset(info: dict, dataset: str | None, data_dir: str | None, split: s
     return source.val_dataset(batch_size) if split == "val" else source.eval_train_dataset(batch_size)
 
 
-def plot_confusion(confusion, class_names, path: str) -> None:
-    """Writes the confusion matrix as a PNG (rows: true class, columns: predicted)."""
-    import os
-
+def confusion_figure(confusion, class_names):
+    """The confusion matrix as a matplotlib figure (rows: true class, columns: predicted)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,6 +169,16 @@ def plot_confusion(confusion, class_names, path: str) -> None:
                 ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion, class_names, path: str) -> None:
+    """Writes the confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(confusion, class_names)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -256,7 +256,7 @@ def _to_png(path: str) -> bytes:
 
 
 def validate_image_files(paths: list[str], labels: np.ndarray, *, strict: bool = False,
-                         where: str = "") -> tuple[ImageFiles, list[tuple[str, str]]]:
+                         where: str = "", log: bool = True) -> tuple[ImageFiles, list[tuple[str, str]]]:
     """Decodes every file once with the decoder training uses, and drops those that fail.
 
     Decoding with TensorFlow (not PIL) means that a file that passes here cannot fail in
@@ -270,6 +270,7 @@ def validate_image_files(paths: list[str], labels: np.ndarray, *, strict: bool =
         labels: int32 [N] labels of `paths`.
         strict: raise instead of skipping unreadable files.
         where: the folder, for messages.
+        log: name the skipped files in a warning line (False: the caller reports them).
 
     Returns:
         (usable files, [(path, reason)] of the skipped ones).
@@ -318,8 +319,9 @@ def validate_image_files(paths: list[str], labels: np.ndarray, *, strict: bool =
             raise ValueError(f"{len(listed)} unreadable image file(s) in {where or 'the data'}: "
                              f"{shown}{more}. Remove or replace them, or run without --strict "
                              f"to skip them.")
-        logging.warning("Skipping %d unreadable image file(s) of %d in %s: %s%s",
-                        len(listed), n, where or "the data", shown, more)
+        if log:
+            logging.warning("Skipping %d unreadable image file(s) of %d in %s: %s%s",
+                            len(listed), n, where or "the data", shown, more)
     keep = np.ones(n, bool)
     keep[bad] = False
     files = ImageFiles(paths=np.asarray(paths, dtype=object)[keep],

@@ -1,7 +1,8 @@
-"""Classifies image files with an exported model: a SavedModel folder or a .tflite file.
+"""Classifies image files with an exported model (a SavedModel folder or a .tflite file) or
+with a training run's folder, which can also explain each top class with Grad-CAM.
 
 Files are decoded on the host; the SavedModel's `serving_default` signature
-resizes and crops in its graph, TFLite inputs go through `preprocess.eval_images`.
+resizes and crops in its graph, TFLite and run inputs go through `preprocess.eval_images`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence, TextIO
 import numpy as np
 import tensorflow as tf
 
+from alexnet_tf import rundir
 from data_pipeline import preprocess
 from export import common
 from export.saved_model import LABELS_ASSET, existing_versions
@@ -22,9 +24,11 @@ from export.tflite import labels_path_for
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """The top-k classes of one file: (class name, class index, probability), best first."""
+    """The top-k classes of one file: (class name, class index, probability), best first;
+    `explanation`: the Grad-CAM picture of the top class, when one was asked for."""
     path: str
     top_k: list
+    explanation: str | None = None
 
 
 def _saved_model_dir(artifact: str) -> str:
@@ -97,8 +101,50 @@ class TFLiteClassifier:
         return self.run(pixels)[0]
 
 
+class RunClassifier:
+    """A training run's Keras model (its best weights): predictions and Grad-CAM at conv5."""
+
+    def __init__(self, model_dir: str, checkpoint: str = "best"):
+        self.path = model_dir
+        self.model, info = rundir.load_trained_model(model_dir, checkpoint)
+        self.variant = info["variant"]
+        self.class_names = info.get("class_names")
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] -> the evaluation crop, float32 [1, crop, crop, 3]."""
+        return np.asarray(preprocess.eval_images(image[None], self.variant))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] -> probabilities [classes]."""
+        logits = self.model(self.crop(image), training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32)).numpy()[0]
+
+    def explain(self, image: np.ndarray, output: str) -> np.ndarray:
+        """Probabilities of one image, and its Grad-CAM of the top class saved to `output`."""
+        from alexnet_tf import gradcam
+
+        pixels = self.crop(image)
+        heat, _, logits = gradcam.grad_cam(self.model, pixels)
+        gradcam.save_overlay(output, pixels[0], heat[0])
+        return tf.nn.softmax(logits).numpy()[0]
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether `path` is a training (or converted) run's folder: it holds run.json."""
+    return os.path.isfile(os.path.join(path, rundir.RUN_INFO))
+
+
+def _artifact_kind(artifact: str) -> str:
+    if artifact.endswith(".tflite"):
+        return "a .tflite file"
+    if os.path.isdir(artifact) and not is_run_folder(artifact):
+        return "a SavedModel (or another folder without run.json)"
+    return "not a training run's folder"
+
+
 def load_classifier(artifact: str):
-    """A callable uint8 [H, W, 3] -> probabilities, for a SavedModel folder or a .tflite file.
+    """A callable uint8 [H, W, 3] -> probabilities, for a SavedModel folder, a .tflite file or
+    a training run's folder (its best weights).
 
     Raises:
         FileNotFoundError: when `artifact` does not exist.
@@ -110,6 +156,8 @@ def load_classifier(artifact: str):
         if os.path.isdir(artifact):
             raise ValueError(f"{artifact!r} is a folder, not a .tflite file.")
         return TFLiteClassifier(artifact)
+    if is_run_folder(artifact):
+        return RunClassifier(artifact)
     if os.path.isdir(artifact):
         return SavedModelClassifier(artifact)
     raise ValueError(f"{artifact!r} is neither a SavedModel folder nor a .tflite file.")
@@ -143,31 +191,56 @@ def decode_file(path: str) -> np.ndarray:
     return image.numpy()
 
 
-def predict_files(artifact: str, paths: Sequence[str], top_k: int = 5
+def _explanation_path(folder: str, image_path: str, taken: set) -> str:
+    """FOLDER/<stem>_gradcam.png; a stem seen before gets _2, _3, ... ."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}"
+    taken.add(name)
+    return os.path.join(folder, f"{name}_gradcam.png")
+
+
+def predict_files(artifact: str, paths: Sequence[str], top_k: int = 5, explain: str | None = None
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Classifies image files; folders are searched recursively.
 
     Args:
         artifact: a SavedModel folder (or a TF Serving base folder: its highest
-            version) or a .tflite file with its labels file beside it.
+            version), a .tflite file with its labels file beside it, or a training
+            run's folder (its best weights).
         paths: image files and folders.
         top_k: classes reported per file.
+        explain: a folder for Grad-CAM pictures of each file's top class
+            (`<image stem>_gradcam.png`); needs a run folder as `artifact`.
 
     Returns:
         (results, failures): a `Prediction` per classified file, and
         (path, one-line reason) per file that could not be classified.
 
     Raises:
-        FileNotFoundError, ValueError: when the artifact cannot be loaded or
-            `top_k` is not positive.
+        FileNotFoundError, ValueError: when the artifact cannot be loaded,
+            `top_k` is not positive, or `explain` is given without a run folder.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive integer. Received: top_k={top_k!r}")
+    if explain is not None and not is_run_folder(artifact):
+        # The serving graph of an export is frozen to named outputs: no gradients to conv5.
+        raise ValueError(f"Grad-CAM (--explain) needs gradients at conv5, which only the training "
+                         f"run's Keras model has; {artifact!r} is {_artifact_kind(artifact)}. "
+                         f"Pass the run folder instead: --artifact=MODEL_DIR.")
     classifier = load_classifier(artifact)
-    results, failures = [], []
+    results, failures, taken = [], [], set()
     for path in _expand(paths):
+        explanation = None
         try:
-            probabilities = classifier(decode_file(path))
+            image = decode_file(path)
+            if explain is not None:
+                explanation = _explanation_path(explain, path, taken)
+                probabilities = classifier.explain(image, explanation)
+            else:
+                probabilities = classifier(image)
         except (ValueError, OSError) as e:
             failures.append((path, str(e).splitlines()[0] if str(e) else type(e).__name__))
             continue
@@ -179,16 +252,20 @@ def predict_files(artifact: str, paths: Sequence[str], top_k: int = 5
         names = classifier.class_names or [str(i) for i in range(len(probabilities))]
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         results.append(Prediction(path, [(names[i], int(i), float(probabilities[i]))
-                                         for i in order]))
+                                         for i in order], explanation))
     return results, failures
 
 
 def print_predictions(results: Sequence[Prediction], failures: Sequence[tuple[str, str]],
-                      out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-    """Prints the top-k per file, and one line per failed file on `err`."""
+                      out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Prints the top-k per file (and its Grad-CAM picture) on `out`, and one line per failed
+    file on `err` (default: the current sys.stdout and sys.stderr)."""
+    out, err = out or sys.stdout, err or sys.stderr
     for result in results:
         print(result.path, file=out)
         for rank, (name, index, p) in enumerate(result.top_k, 1):
             print(f"  {rank}. {p:7.2%}  {name} ({index})", file=out)
+        if result.explanation:
+            print(f"  Grad-CAM: {result.explanation}", file=out)
     for path, reason in failures:
         print(f"Error: {path}: {reason}", file=err)

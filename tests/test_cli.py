@@ -54,6 +54,20 @@ ONE_LINE_USAGE_ERRORS = [
     (("train", "--recipe=fast"), "--recipe"),
     (("train", "--recipe=finetune", "--data_dir=x"), "--recipe=finetune needs --init_from"),
     (("recipes", "--epochs=3"), "--epochs does not apply to `recipes`"),
+    (("features",), "features needs --model_dir"),
+    (("features", "--model_dir=x", "--data_dir=y"), "features needs --output"),
+    (("features", "--model_dir=x", "--data_dir=y", "--output=f.npz", "--layer=fc8"), "--layer"),
+    (("features", "--model_dir=x", "--data_dir=y", "--output=f.npz", "--top=3"),
+     "--top does not apply to `features`"),
+    (("visualize",), "visualize needs --model_dir"),
+    (("visualize", "--model_dir=x"), "visualize needs --output"),
+    (("visualize", "--model_dir=x", "--output=f.png", "--show=weights"), "--show"),
+    (("visualize", "--model_dir=x", "--output=f.png", "--show=neighbors", "--data_dir=g"),
+     "needs --data_dir=GALLERY and --query"),
+    (("visualize", "--model_dir=x", "--output=f.png", "--query=q.jpg"), "apply to --show=neighbors"),
+    (("visualize", "--model_dir=x", "--output=f.png", "--layer=fc6"), "--layer does not apply to `visualize`"),
+    (("visualize", "--model_dir=x", "--output=f.png", "extra"), "Unexpected arguments"),
+    (("predict", "--artifact=model.tflite", "--explain=cams", "a.jpg"), "needs gradients at conv5"),
 ]
 
 
