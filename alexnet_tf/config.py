@@ -145,6 +145,9 @@ class TrainConfig:
     augment: bool = setting(True, "Training augmentation (off: the evaluation centre crop).")
     dropout: float = setting(0.5, "Rate of dropout6 and dropout7 (paper: 0.5).", lower=0.0,
                              upper=0.95)
+    tensorboard_pictures: bool = setting(True, "Each epoch, TensorBoard gets 16 training images "
+                                         "as the model sees them (after the augmentation) and a "
+                                         "histogram of every weight.")
     cpu_devices: int = setting(0, "Split the CPU into N logical devices, e.g. to try "
                                "--strategy=mirrored without GPUs.", lower=0)
     init_from: str | None = setting(None, "Start from the weights of a run folder (a trained or "

@@ -10,24 +10,33 @@ import time
 
 import tensorflow as tf
 
-from alexnet_tf import rundir
+from alexnet_tf import rundir, tensorboard
 
 
 class RunLog:
     """The finished epochs of a run, oldest first: read from log.csv when a run resumes, and
     written (when `write`) to log.csv and TensorBoard as each epoch ends."""
 
-    def __init__(self, model_dir: str, write: bool):
+    def __init__(self, model_dir: str, write: bool, pictures: bool = False):
         self.csv_path = os.path.join(model_dir, rundir.LOG_CSV)
         self.writer = (tf.summary.create_file_writer(os.path.join(model_dir, rundir.TENSORBOARD_DIR))
                        if write else None)
+        self.pictures = pictures and self.writer is not None  # --tensorboard_pictures
         self.history = read_history(self.csv_path)
 
-    def add(self, record: dict) -> None:
-        """Adds a finished epoch's record (see `training._end_epoch` for its keys)."""
+    def add(self, record: dict, model=None) -> None:
+        """Adds a finished epoch's record (see `training._end_epoch` for its keys), with a
+        histogram of each of `model`'s weights when given."""
         self.history.append(record)
         if self.writer is not None:
+            if model is not None:
+                tensorboard.log_weight_histograms(self.writer, model, int(record["epoch"]))
             log_epoch(self.csv_path, self.writer, record, self.history)
+
+    def images(self, pixels, step: int) -> None:
+        """16 training images (pixels in [0, 255]) as TensorBoard's `train/augmented` at `step`."""
+        if self.pictures and pixels is not None:
+            tensorboard.log_images(self.writer, "train/augmented", pixels, step)
 
 
 def epoch_line(record: dict, lr_dropped: bool) -> str:

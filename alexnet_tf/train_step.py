@@ -39,6 +39,24 @@ def split_normalization(model: keras.Model):
     return keras.Model(layer.output, model.output, name=f"{model.name}_trunk"), lambda x: (x - mean) / std
 
 
+def augment_seed(seed: int, seed_offset: int, replica_id, step):
+    """The stateless seed of a replica's augmentation draws at `step`:
+    [seed * 1000003 + seed_offset + replica id, step]."""
+    stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + tf.cast(replica_id, tf.int64)
+    return tf.stack([stream, tf.cast(step, tf.int64)])
+
+
+def augmented_view(images, step: int, augment, *, seed: int, seed_offset: int = 0) -> tf.Tensor:
+    """The pixels (in [0, 255], before normalisation) that the train step feeds the model
+    for the batch `images` of the first replica at `step`: the same draws, for pictures.
+
+    Runs eagerly (once an epoch: no compilation); the step's XLA arithmetic may differ from
+    it by a rounding.
+    """
+    from data_pipeline.augment import augment_batch
+    return augment_batch(images, augment_seed(seed, seed_offset, 0, step), augment)
+
+
 def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_batch: int,
                       top_k: int, label_smoothing: float = 0.0,
                       augment=None, seed: int = 0,
@@ -74,9 +92,8 @@ def make_replica_step(model: keras.Model, optimizer, *, variant: str, global_bat
 
     def replica_step(images, labels, step):
         replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        stream = tf.constant(seed * 1000003 + seed_offset, tf.int64) + replica_id
         if augment is not None:
-            x = augment_fn(images, tf.stack([stream, tf.cast(step, tf.int64)]))
+            x = augment_fn(images, augment_seed(seed, seed_offset, replica_id, step))
         else:
             x = preprocess.eval_images(images, variant)
         variables = model.trainable_variables

@@ -210,13 +210,13 @@ def _train(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     train_step = make_train_step(run.strategy, replica_step, average=state.average,
                                  jit_compile=use_jit(config))
 
-    log = run_log.RunLog(run.model_dir, write=run.is_chief)
+    log = run_log.RunLog(run.model_dir, write=run.is_chief, pictures=config.tensorboard_pictures)
     # A resumed run goes on counting from the wall time its last finished epoch recorded
     # (the time between a crash and the resume is not counted).
     start_time = time.time() - (log.history[-1]["wall_seconds"] if log.history else 0.0)
     val_ds = run.source.val_dataset(config.batch_size)
     while int(state.epoch.numpy()) < config.epochs:
-        trained = _run_epoch(run, state, train_step)
+        trained = _run_epoch(run, state, train_step, log, augment if config.augment else None)
         _end_epoch(run, state, val_ds, trained, log, start_time)
 
     summary = run_log.summarize(config, log.history, start_time, run.num_classes)
@@ -229,7 +229,15 @@ def _train(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     return summary
 
 
-def _run_epoch(run: Run, state: TrainState, train_step) -> tuple[float, float, int]:
+def _first_replica_view(run: Run, augment, images, step: int):
+    """The first replica's batch at `step` as the train step augments it (pixels in [0, 255])."""
+    from alexnet_tf.train_step import augmented_view
+    local = run.strategy.experimental_local_results(images)[0]
+    return augmented_view(local, step, augment, seed=run.config.seed)
+
+
+def _run_epoch(run: Run, state: TrainState, train_step, log: run_log.RunLog,
+               augment) -> tuple[float, float, int]:
     """Runs the steps left of the epoch in progress (all of them unless it resumes mid-way).
 
     Returns:
@@ -242,9 +250,12 @@ def _run_epoch(run: Run, state: TrainState, train_step) -> tuple[float, float, i
     ds = epoch_dataset(run.strategy, run.source, config.batch_size, epoch, skip,
                        run.steps_per_epoch - skip, run.local_replicas)
     progress = _Progress(run.steps_per_epoch, run.verbose)
+    first_step = int(state.global_step.numpy())
     start = time.time()
     for images, labels in ds:
         step = int(state.global_step.numpy())
+        if step == first_step and log.pictures and augment is not None:  # as the model sees it
+            log.images(_first_replica_view(run, augment, images, step), step)
         lr = state.schedule(step)
         state.optimizer.learning_rate.assign(lr)
         sums = train_step(images, labels, tf.constant(step, tf.int64))
@@ -304,6 +315,6 @@ def _end_epoch(run: Run, state: TrainState, val_ds, trained: tuple[float, float,
     state.epoch_sums.assign(tf.zeros([4], tf.float64))
     state.save()
     with storage.writing(os.path.join(run.model_dir, rundir.TENSORBOARD_DIR)):
-        log.add(record)
+        log.add(record, model if log.pictures else None)
     if run.verbose:
         print(run_log.epoch_line(record, lr_dropped=dropped))

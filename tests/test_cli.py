@@ -125,6 +125,9 @@ def test_train_synthetic_loss_falls(tmp_path):
         assert summary[key] is not None
     for name in ("run.json", "best.weights.h5", "latest.weights.h5", "log.csv", "curves.png"):
         assert os.path.isfile(os.path.join(model_dir, name)), name
+    from test_tensorboard import check_training_pictures
+    check_training_pictures(model_dir, seed=0, num_classes=3, synthetic_examples=256, batch_size=32,
+                            epochs=3)
     # The saved best and latest weights score what the epochs logged for them.
     for checkpoint, expected in (("best", max(r["val_top1"] for r in summary["history"])),
                                  ("latest", summary["history"][-1]["val_top1"])):

@@ -90,3 +90,34 @@ def test_evaluate_logs_the_confusion_matrix(tmp_path):
     tensors = read_tensors(os.path.join(model_dir, "logs", "eval"))
     [(step, summary)] = tensors["confusion/val/best"]
     assert step == 0 and len(decode_pngs(summary)) == 1
+
+
+def check_training_pictures(model_dir, *, seed, num_classes, synthetic_examples, batch_size, epochs):
+    """The TensorBoard events of a synthetic `train` run hold its scalars, a histogram of each
+    weight per epoch and, per epoch, the first batch as the train step augmented it: the
+    pixels of that step's batch under that step's draws, recomputed here."""
+    import json
+    from data_pipeline.augment import AugmentConfig, augment_batch
+    from data_pipeline.pipeline import load_data
+
+    tensors = read_tensors(os.path.join(model_dir, "logs"))
+    assert {"loss", "lr", "val_top1", "weights/conv1/kernel", "weights/fc8/bias"} <= set(tensors)
+    assert [step for step, _ in tensors["weights/conv1/kernel"]] == list(range(1, epochs + 1))
+    pictures = tensors["train/augmented"]
+    steps_per_epoch = synthetic_examples // batch_size
+    assert [step for step, _ in pictures] == [e * steps_per_epoch for e in range(epochs)]
+    with open(os.path.join(model_dir, "pca.json")) as f:
+        pca = json.load(f)
+    augment = AugmentConfig.for_variant("cifar", pca_std=0.1, pca_eigvals=tuple(pca["eigvals"]),
+                                        pca_eigvecs=tuple(map(tuple, pca["eigvecs"])))
+    source = load_data("synthetic", None, "cifar", seed=seed, num_classes=num_classes,
+                       synthetic_examples=synthetic_examples)
+    for epoch, (step, summary) in enumerate(pictures):
+        images, _ = next(iter(source.train_dataset(batch_size, epoch)))
+        want = augment_batch(images, tf.constant([seed * 1000003, step], tf.int64), augment).numpy()
+        got = np.stack(decode_pngs(summary))
+        assert got.shape == (min(16, batch_size), 32, 32, 3)
+        # The step runs the augmentation under XLA: rounding may differ by one level.
+        assert np.abs(got.astype(int) - np.clip(np.round(want[:16]), 0, 255)).max() <= 1
+        other = augment_batch(images, tf.constant([seed * 1000003, step + 1], tf.int64), augment).numpy()
+        assert np.abs(got.astype(int) - np.clip(np.round(other[:16]), 0, 255)).max() > 1
