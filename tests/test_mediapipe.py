@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
+from PIL import Image
 
 from alexnet_tf import rundir
 from alexnet_tf.model import build_alexnet
@@ -19,6 +20,7 @@ from export import saved_model, tflite, tflite_metadata
 from export.predict import TFLiteClassifier
 from test_export_common import CLASS_NAMES, make_run, separable_images
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (quantize, lrn): every precision, and each LRN form in float and in int8.
 FORMS = [("none", "builtin"), ("float16", "decomposed"), ("dynamic", "builtin"),
          ("int8", "builtin"), ("int8", "decomposed")]
@@ -230,13 +232,33 @@ def test_minimum_parser_version_follows_the_schema_history(features, version):
     assert tflite_metadata.minimum_parser_version(builder.Output()) == version
 
 
+def docs_python_snippet() -> str:
+    """The Python code block of docs/serving.md's MediaPipe section."""
+    with open(os.path.join(ROOT, "docs", "serving.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("### Mobile: MediaPipe Tasks"):]
+    return section[section.index("```python\n") + len("```python\n"):].split("\n```", 1)[0]
+
+
+def test_the_python_snippet_of_the_docs(run, tmp_path, capsys):
+    path = export(run, "int8", "decomposed")
+    Image.fromarray(run["images"][0]).save(tmp_path / "cat.png")
+    code = docs_python_snippet()
+    assert "alexnet_cifar_lrn-decomposed_int8.tflite" in code and "cat.png" in code
+    code = (code.replace("alexnet_cifar_lrn-decomposed_int8.tflite", path)
+            .replace("cat.png", str(tmp_path / "cat.png")))
+    exec(code, {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(CLASS_NAMES)  # max_results=3
+    assert printed[0].split()[0] == run["names"][0]
+
+
 def test_only_the_tflite_export_imports_mediapipe():
     """Train, evaluate and predict never load MediaPipe: it is imported inside functions of
     export/tflite_metadata.py, which export/tflite.py imports inside `export_tflite`."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = [os.path.join(root, "main.py")] + [
+    files = [os.path.join(ROOT, "main.py")] + [
         os.path.join(folder, name) for package in ("alexnet_tf", "data_pipeline", "export")
-        for folder, _, names in os.walk(os.path.join(root, package)) for name in names
+        for folder, _, names in os.walk(os.path.join(ROOT, package)) for name in names
         if name.endswith(".py")]
     for path in files:
         with open(path, encoding="utf-8") as f:
