@@ -206,8 +206,8 @@ def export_tflite(model_dir: str, export_dir: str | None = None, *, checkpoint: 
             (int8 weights, float activations) or "int8" (full integer,
             uint8 input and output, calibrated).
         lrn: "builtin" (TFLite's LOCAL_RESPONSE_NORMALIZATION op, float32
-            only) or "decomposed" (MUL, CONV_2D, RSQRT: quantizes to int8 and
-            runs in one XNNPACK partition). The weights are the same.
+            only) or "decomposed" (MUL, CONV_2D, LOG, EXP: quantizes to int8;
+            one XNNPACK partition in float). The weights are the same.
         batch: the static batch of the model's input.
         calibration_data: for int8, an iterable of uint8 stored-size image
             batches (see `calibration_samples`); defaults to the run's own

@@ -74,7 +74,7 @@ def description(info: dict, *, quantize: str, lrn: str, crop: int) -> str:
     lrn_text = ""
     if VARIANTS[info["variant"]].use_lrn:
         lrn_text = ("; LRN as TFLite LOCAL_RESPONSE_NORMALIZATION ops" if lrn == "builtin"
-                    else "; LRN decomposed into MUL, CONV_2D and RSQRT")
+                    else "; LRN decomposed into MUL, CONV_2D, LOG and EXP")
     return (f"AlexNet ({info['variant']} variant, {info['num_classes']} classes), {source}. "
             f"Exported as {_PRECISIONS[quantize]}{lrn_text}. "
             f"Input: one {crop}x{crop} RGB image, pixels 0-255 (normalised inside the model). "

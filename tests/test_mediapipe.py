@@ -121,6 +121,13 @@ def test_metadata_fields(run, quantize, lrn):
     assert meta["version"] == tflite_metadata.weights_version(weights, "best")
     assert meta["version"].startswith("best weights sha256:")
     assert "softmax" in meta["description"] and "32x32 RGB" in meta["description"]
+    ops = {op.name for op in tflite.op_list(path)}
+    if lrn == "decomposed":  # the description names the ops the file has
+        assert "LRN decomposed into MUL, CONV_2D, LOG and EXP" in meta["description"]
+        assert {"MUL", "CONV_2D", "LOG", "EXP"} <= ops
+    else:
+        assert "LOCAL_RESPONSE_NORMALIZATION" in meta["description"]
+        assert "LOCAL_RESPONSE_NORMALIZATION" in ops
     assert meta["min_parser_version"] == "1.0.0"
     (image,) = meta["subgraph_metadata"][0]["input_tensor_metadata"]
     (output,) = meta["subgraph_metadata"][0]["output_tensor_metadata"]
