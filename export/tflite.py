@@ -5,6 +5,8 @@ An artifact is EXPORT_DIR/<name>_<precision>.tflite with a labels file
 in [0, 255] after `preprocess.eval_images`: float32 for float32/float16/dynamic,
 uint8 for int8 (quantized with the input tensor's scale and zero point).
 Output `probabilities` [batch, classes]: float32, or uint8 for int8.
+Every file carries TFLite Model Metadata (`tflite_metadata`) with the class names
+packed in, so MediaPipe Tasks' ImageClassifier loads it as it is.
 """
 
 from __future__ import annotations
@@ -192,6 +194,10 @@ def export_tflite(model_dir: str, export_dir: str | None = None, *, checkpoint: 
                   model_name: str | None = None) -> str:
     """Exports a training run's weights as a .tflite file with a labels file beside it.
 
+    The file carries image-classifier metadata (`tflite_metadata.add_metadata`); when
+    MediaPipe's ImageClassifier cannot run the form (a batch other than 1), one
+    warning line says so.
+
     Args:
         model_dir: the training run's folder.
         export_dir: destination folder; defaults to MODEL_DIR/export.
@@ -200,8 +206,8 @@ def export_tflite(model_dir: str, export_dir: str | None = None, *, checkpoint: 
             (int8 weights, float activations) or "int8" (full integer,
             uint8 input and output, calibrated).
         lrn: "builtin" (TFLite's LOCAL_RESPONSE_NORMALIZATION op, float32
-            only) or "decomposed" (MUL, CONV_2D, RSQRT: quantizes to int8 and
-            runs in one XNNPACK partition). The weights are the same.
+            only) or "decomposed" (MUL, CONV_2D, LOG, EXP: quantizes to int8;
+            one XNNPACK partition in float). The weights are the same.
         batch: the static batch of the model's input.
         calibration_data: for int8, an iterable of uint8 stored-size image
             batches (see `calibration_samples`); defaults to the run's own
@@ -251,9 +257,28 @@ def export_tflite(model_dir: str, export_dir: str | None = None, *, checkpoint: 
         _log.warning("%s is not integer-only: %s run in float32 (TFLite's LRN kernel is "
                      "float-only). Use lrn='decomposed' for an integer-only model.",
                      os.path.basename(path), sorted({op.name for op in float_ops(ops)}))
+    flatbuffer = _with_metadata(flatbuffer, path, model_dir, info, name, class_names,
+                                checkpoint=checkpoint, quantize=quantize, lrn=lrn)
     rundir.atomic_write_text(labels_path_for(path), common.labels_text(class_names))
     common.publish_file(flatbuffer, path)
     return path
+
+
+def _with_metadata(flatbuffer, path, model_dir, info, name, class_names, *, checkpoint, quantize,
+                   lrn):
+    """The flatbuffer with image-classifier metadata; a warning when MediaPipe cannot run it."""
+    from export import tflite_metadata
+
+    _, crop = preprocess.geometry(info["variant"])
+    weights = os.path.join(model_dir, rundir.WEIGHTS[checkpoint])
+    flatbuffer = tflite_metadata.add_metadata(
+        flatbuffer, model_name=name, class_names=class_names,
+        model_description=tflite_metadata.description(info, quantize=quantize, lrn=lrn, crop=crop),
+        version=tflite_metadata.weights_version(weights, checkpoint))
+    refusal = tflite_metadata.mediapipe_refusal(flatbuffer)
+    if refusal:
+        _log.warning("%s: %s", os.path.basename(path), refusal)
+    return flatbuffer
 
 
 class Op(NamedTuple):
