@@ -239,6 +239,25 @@ def AlexNet(variant: str = "owt", weights=None, include_top: bool = True, input_
         ConnectionError: the "imagenet" download failed (see `imagenet_weights.fetch`).
         FileNotFoundError: a run folder without run.json or weights.
     """
+    input_shape = _check_args(variant, weights, include_top, input_shape, pooling, classes,
+                              classifier_activation, groups)
+    source = _resolve_weights(weights)
+    held = source.describe()
+    asked = {"variant": variant, "groups": groups, **({"classes": classes} if include_top else {})}
+    _check_fits(source, held, asked)
+    norm = {k: held[k] for k in ("mean", "std", "init", "dropout") if k in held}
+    base_classes = classes if include_top else held.get("classes", classes)
+    base = build_alexnet(variant, base_classes, groups=groups, **norm)
+    where = source.origin or "The weights"
+    _load_base(base, source, variant, base_classes, groups)
+    model = _with_head(base, include_top, input_shape, pooling, classifier_activation)
+    _copy_weights(source.model if source.kind == "keras" else base, model, where)
+    return model
+
+
+def _check_args(variant, weights, include_top, input_shape, pooling, classes,
+                classifier_activation, groups):
+    """AlexNet()'s argument checks, in Keras' words; returns the resolved input shape."""
     if variant not in VARIANTS:
         raise ValueError(f"Unknown AlexNet variant; expected one of {VARIANT_NAMES}. "
                          f"Received: variant={variant!r}")
@@ -265,14 +284,11 @@ def AlexNet(variant: str = "owt", weights=None, include_top: bool = True, input_
             raise ValueError("If using `weights='imagenet'` with `include_top=True`, `classes` "
                              f"should be 1000. Received: classes={classes}")
 
-    source = _resolve_weights(weights)
-    held = source.describe()
-    asked = {"variant": variant, "groups": groups, **({"classes": classes} if include_top else {})}
-    _check_fits(source, held, asked)
-    norm = {k: held[k] for k in ("mean", "std", "init", "dropout") if k in held}
-    base_classes = classes if include_top else held.get("classes", classes)
-    base = build_alexnet(variant, base_classes, groups=groups, **norm)
-    where = source.origin or "The weights"
+    return input_shape
+
+
+def _load_base(base: keras.Model, source, variant: str, classes: int, groups: int) -> None:
+    """Loads a torchvision state dict or a `.weights.h5` file into the full model `base`."""
     if source.kind == "torch":
         pretrained.set_torchvision_weights(base, source.state_dict)
         source.state_dict = None
@@ -282,24 +298,24 @@ def AlexNet(variant: str = "owt", weights=None, include_top: bool = True, input_
         except ValueError as e:
             detail = " ".join(str(e).split(" Target variable:")[0].split())
             raise ValueError(f"{source.path} does not fit AlexNet(variant={variant!r}, "
-                             f"classes={base_classes}, groups={groups}): {detail}") from None
+                             f"classes={classes}, groups={groups}): {detail}") from None
 
+
+def _with_head(base: keras.Model, include_top: bool, input_shape, pooling, classifier_activation):
+    """`base` with the classifier activation after fc8, or cut at pool5 (and pooled)."""
     if include_top:
         outputs = base.output
         if classifier_activation is not None:
             outputs = keras.layers.Activation(classifier_activation, dtype="float32",
                                               name="predictions")(outputs)
-        model = keras.Model(base.input, outputs, name=base.name)
-    else:
-        model = _feature_extractor(base, input_shape)
-        x = model.output
-        if pooling == "avg":
-            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        elif pooling == "max":
-            x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-        model = keras.Model(model.input, x, name=base.name)
-    _copy_weights(source.model if source.kind == "keras" else base, model, where)
-    return model
+        return keras.Model(base.input, outputs, name=base.name)
+    model = _feature_extractor(base, input_shape)
+    x = model.output
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(model.input, x, name=base.name)
 
 
 def preprocess_input(images, variant: str = "owt"):

@@ -109,12 +109,19 @@ def test_help_lists_commands_and_flags():
     assert "--onednn" in run_main("predict", "--help").stdout  # every command that loads TensorFlow
 
 
-def test_train_synthetic_loss_falls(tmp_path):
-    model_dir = os.path.join(tmp_path, "run")
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """Three epochs of `train` on synthetic data (shared by the tests that read a trained run)."""
+    model_dir = os.path.join(tmp_path_factory.mktemp("synthetic"), "run")
     result = run_main("train", "--model=cifar", "--dataset=synthetic", "--num_classes=3",
                       "--synthetic_examples=256", "--batch_size=32", "--epochs=3",
                       "--learning_rate=0.01", f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_train_synthetic_loss_falls(synthetic_run):
+    model_dir = synthetic_run
     with open(os.path.join(model_dir, "summary.json")) as f:
         summary = json.load(f)
     losses = [r["loss"] for r in summary["history"]]
@@ -146,11 +153,8 @@ def test_model_dir_that_is_a_file(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_evaluate_writes_metrics(tmp_path):
-    model_dir = os.path.join(tmp_path, "run")
-    trained = run_main("train", "--dataset=synthetic", "--num_classes=3", "--synthetic_examples=96",
-                       "--batch_size=32", "--epochs=1", f"--model_dir={model_dir}")
-    assert trained.returncode == 0, trained.stderr[-3000:]
+def test_evaluate_writes_metrics(synthetic_run):
+    model_dir = synthetic_run
     result = run_main("evaluate", f"--model_dir={model_dir}", "--tta=10crop")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(model_dir, "eval.json")) as f:
@@ -185,14 +189,14 @@ CPP_LOG_SAMPLE = [
     (3, [4, 5]),
 ])
 def test_filter_cpp_log_follows_tf_cpp_min_log_level(min_level, kept):
-    import main
+    from alexnet_tf import tf_startup
     text = "".join(CPP_LOG_SAMPLE)
-    assert main.filter_cpp_log(text, min_level) == "".join(CPP_LOG_SAMPLE[i] for i in kept)
+    assert tf_startup.filter_cpp_log(text, min_level) == "".join(CPP_LOG_SAMPLE[i] for i in kept)
     # Without a CUDA driver the cuInit failure is expected and goes too (from level 1 on).
     no_driver = text + "I0000 00:00:1.5    3277 cudart_stub.cc:31] Could not find cuda drivers\n"
     expected = [CPP_LOG_SAMPLE[i] for i in kept if min_level == 0 or i != 3]
     expected += [no_driver.splitlines(keepends=True)[-1]] if min_level == 0 else []
-    assert main.filter_cpp_log(no_driver, min_level) == "".join(expected)
+    assert tf_startup.filter_cpp_log(no_driver, min_level) == "".join(expected)
 
 
 def test_tensorflow_start_up_lines_are_hidden_by_default(tmp_path):
