@@ -20,10 +20,10 @@ train: setup
 	$(PY) main.py train $(TRAIN_FLAGS)
 
 test: setup
-	$(PY) -m pytest -q -n auto --dist worksteal tests
+	$(PY) -m pytest -q -n auto tests
 
 test-slow: setup
-	$(PY) -m pytest -q -n auto --dist worksteal -m slow tests
+	$(PY) -m pytest -q -n auto -m slow tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
