@@ -80,10 +80,22 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, ckpt_dir: str, *,
 
 
 def _write_state(ckpt_dir: str, newest: str, kept: list[str]) -> None:
-    """Rewrites the `checkpoint` state file (a text proto, paths relative to `ckpt_dir`)."""
-    lines = [f'model_checkpoint_path: "{os.path.basename(newest)}"']
-    lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)}"' for p in kept]
-    storage.atomic_write_text(os.path.join(ckpt_dir, "checkpoint"), "\n".join(lines) + "\n")
+    """Rewrites the `checkpoint` state file (a text proto, paths relative to `ckpt_dir`) to
+    list `kept`, with their save times, so that CheckpointManager goes on deleting the
+    oldest beyond --keep_checkpoints."""
+    from google.protobuf import text_format
+    old = tf.train.get_checkpoint_state(ckpt_dir)
+    times = dict(zip(old.all_model_checkpoint_paths, old.all_model_checkpoint_timestamps)) if old else {}
+    state = type(old)() if old else None
+    if state is None:
+        return
+    state.model_checkpoint_path = os.path.basename(newest)
+    state.last_preserved_timestamp = old.last_preserved_timestamp
+    for prefix in kept:
+        state.all_model_checkpoint_paths.append(os.path.basename(prefix))
+        state.all_model_checkpoint_timestamps.append(
+            times.get(prefix) or os.path.getmtime(prefix + ".index"))
+    storage.atomic_write_text(os.path.join(ckpt_dir, "checkpoint"), text_format.MessageToString(state))
 
 
 def newest_complete(ckpt_dir: str) -> str:

@@ -128,6 +128,10 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path, damage):
     np.testing.assert_array_equal(value.numpy(), np.full([256, 64], 2, np.float32))
     assert sorted(os.listdir(tmp_path / "damaged")) == ["ckpt-3.data-00000-of-00001", "ckpt-3.index"]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")  # the state file agrees
+    # A manager reading that state goes on deleting the oldest beyond its count.
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=2)
+    manager.save(checkpoint_number=4)
+    assert [os.path.basename(p) for p in checkpoints.candidates(str(tmp_path))] == ["ckpt-2", "ckpt-4"]
 
 
 def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
