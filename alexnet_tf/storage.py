@@ -144,30 +144,27 @@ def atomic_write_text(path: str, text: str, hint: str = "") -> None:
 
 def atomic_write_bytes(path: str, data: bytes, hint: str = "") -> None:
     """Writes `data` to `path` via a temporary file and a rename; nothing is left on failure."""
+    _atomic_write(path, hint, lambda f: f.write(data))
+
+
+def atomic_copy(source: str, path: str, hint: str = "") -> None:
+    """Copies the file `source` to `path` via a temporary file and a rename."""
+    def fill(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 22)
+    _atomic_write(path, hint, fill)
+
+
+def _atomic_write(path: str, hint: str, fill) -> None:
+    """`fill(file)` writes a temporary file beside `path`, which is then synced and renamed."""
     folder = os.path.dirname(os.path.abspath(path))
     with writing(path, hint):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                fill(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            remove_quietly(tmp)
-            raise
-
-
-def atomic_copy(source: str, path: str, hint: str = "") -> None:
-    """Copies the file `source` to `path` via a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with writing(path, hint):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-        try:
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-                dst.flush()
-                os.fsync(dst.fileno())
             os.replace(tmp, path)
         except BaseException:
             remove_quietly(tmp)
