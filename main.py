@@ -263,6 +263,7 @@ def features(argv):
             raise app.UsageError(f"features needs --{flag}: {what}.")
     import_tensorflow_quietly()
     from alexnet_tf.features import run_features
+    _note_training(FLAGS.model_dir)
     result = run_features(FLAGS.model_dir, FLAGS.data_dir, FLAGS.output, layer=FLAGS.layer,
                           batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint)
     count, dim = result.features.shape
