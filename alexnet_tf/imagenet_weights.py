@@ -6,8 +6,9 @@ cache, and the hash check that runs before a byte of the file is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import os
+
+from alexnet_tf import storage
 
 FILE_NAME = "alexnet-owt-7be5be79.pth"
 # torch.hub's naming: the file name carries the first hex digits of the file's SHA-256.
@@ -22,15 +23,6 @@ def url() -> str:
     """Where the file is downloaded from: BASE_URL, or the base URL in $ALEXNET_TF_WEIGHTS_MIRROR."""
     base = os.environ.get(MIRROR_ENV) or BASE_URL
     return base.rstrip("/") + "/" + FILE_NAME
-
-
-def sha256(path: str) -> str:
-    """The hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch() -> str:
@@ -64,7 +56,7 @@ def fetch() -> str:
             f"{FILE_NAME} where you can and pass the file: AlexNet(weights=\"/path/{FILE_NAME}\") "
             f"or python main.py convert --weights=/path/{FILE_NAME}; or set {MIRROR_ENV} to a "
             "base URL that serves it.") from None
-    digest = sha256(path)
+    digest = storage.file_sha256(path)
     if not digest.startswith(SHA256_PREFIX):
         os.remove(path)
         raise ValueError(

@@ -7,7 +7,6 @@ into a run folder of the `owt` variant that evaluate, export, predict and
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
-from alexnet_tf import rundir
+from alexnet_tf import rundir, storage
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.torch_checkpoint import read_state_dict
 
@@ -168,7 +167,7 @@ def convert_torchvision(weights_path: str, model_dir: str) -> dict:
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise NotADirectoryError(f"--model_dir={model_dir!r} is a file; give a folder for the run.")
     state_dict = read_torchvision_state_dict(weights_path)
-    digest = _sha256(weights_path)
+    digest = storage.file_sha256(weights_path)
     _check_hub_name(weights_path, digest)
     wnids, names = imagenet_classes()
     model_kwargs = {"groups": 1, "init": None, "dropout": 0.5,
@@ -192,14 +191,6 @@ def convert_torchvision(weights_path: str, model_dir: str) -> dict:
     }
     _write_run_atomically(model, info, model_dir)
     return dict(info, parameters=int(model.count_params()))
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_hub_name(path: str, digest: str) -> None:

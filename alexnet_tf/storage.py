@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -185,6 +186,15 @@ def scratch_file(name: str, size_hint: int):
         yield os.path.join(scratch, name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def file_sha256(path: str) -> str:
+    """The hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_quietly(path: str) -> None:

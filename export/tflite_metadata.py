@@ -6,13 +6,14 @@ and MediaPipe is imported inside its functions.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import sys
 import types
 from typing import NamedTuple
+
+from alexnet_tf.storage import file_sha256
 
 AUTHOR = "AlexNet in Keras 3 / TensorFlow (alexnet_tf)"
 LABELS_FILE = "labels.txt"     # the label file's name inside the .tflite
@@ -53,11 +54,7 @@ def _io_tensors(flatbuffer: bytes) -> tuple[list[_Tensor], list[_Tensor]]:
 
 def weights_version(weights_path: str, checkpoint: str) -> str:
     """The metadata `version` of an export: which weights file it holds, by content."""
-    digest = hashlib.sha256()
-    with open(weights_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return f"{checkpoint} weights sha256:{digest.hexdigest()[:16]}"
+    return f"{checkpoint} weights sha256:{file_sha256(weights_path)[:16]}"
 
 
 def description(info: dict, *, quantize: str, lrn: str, crop: int) -> str:
