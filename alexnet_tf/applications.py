@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import imagenet_weights, pretrained, rundir
-from alexnet_tf.config import (CHECKPOINTS, CLASSIFIER_ACTIVATIONS, POOLINGS, PRETRAINED_WEIGHTS,
+from alexnet_tf.config import (CLASSIFIER_ACTIVATIONS, POOLINGS, PRETRAINED_WEIGHTS,
                                VARIANT_NAMES)
 from alexnet_tf.model import VARIANTS, build_alexnet
 from data_pipeline import preprocess
@@ -82,12 +82,7 @@ def _resolve_weights(weights) -> _Weights:
         return _Weights("torch", path, state_dict=pretrained.read_torchvision_state_dict(path))
     if os.path.isdir(weights):
         info = rundir.read_run_info(weights)
-        found = [os.path.join(weights, rundir.WEIGHTS[k]) for k in CHECKPOINTS
-                 if os.path.isfile(os.path.join(weights, rundir.WEIGHTS[k]))]
-        if not found:
-            raise FileNotFoundError(f"The run {weights!r} holds no weights yet (no "
-                                    f"{rundir.WEIGHTS['best']} or {rundir.WEIGHTS['latest']}).")
-        source = _Weights("h5", found[0], info)  # best, else latest
+        source = _Weights("h5", rundir.newest_weights(weights, f"The run {weights!r}"), info)
         source.origin = weights
         return source
     if not os.path.isfile(weights):

@@ -9,7 +9,7 @@ import os
 import keras
 
 from alexnet_tf import rundir
-from alexnet_tf.config import CHECKPOINTS, WEIGHT_LAYERS, TrainConfig
+from alexnet_tf.config import WEIGHT_LAYERS, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +42,7 @@ def read_init_source(init_from: str) -> InitSource:
         folder, weights = os.path.dirname(os.path.abspath(init_from)), os.path.abspath(init_from)
     elif os.path.isdir(init_from):
         folder = os.path.abspath(init_from)
-        found = [os.path.join(folder, rundir.WEIGHTS[k]) for k in CHECKPOINTS
-                 if os.path.isfile(os.path.join(folder, rundir.WEIGHTS[k]))]
-        if not found:
-            raise FileNotFoundError(f"--init_from={init_from!r} holds no weights yet (no "
-                                    f"{rundir.WEIGHTS['best']} or {rundir.WEIGHTS['latest']}).")
-        weights = found[0]
+        weights = rundir.newest_weights(folder, f"--init_from={init_from!r}")
     else:
         raise FileNotFoundError(f"--init_from={init_from!r} does not exist; give a run folder "
                                 "(trained, or written by `convert`) or a .weights.h5 file in one.")

@@ -94,6 +94,20 @@ def load_weights(model: keras.Model, path: str) -> None:
                          "train again.") from None
 
 
+def newest_weights(model_dir: str, what: str = "") -> str:
+    """The weights file a run folder stands for: its best weights, else its latest.
+
+    Raises:
+        FileNotFoundError: when it holds neither (`what` names the folder in the message).
+    """
+    found = [os.path.join(model_dir, WEIGHTS[k]) for k in CHECKPOINTS
+             if os.path.isfile(os.path.join(model_dir, WEIGHTS[k]))]
+    if not found:
+        raise FileNotFoundError(f"{what or repr(model_dir)} holds no weights yet (no "
+                                f"{WEIGHTS['best']} or {WEIGHTS['latest']}).")
+    return found[0]
+
+
 def lock_path(model_dir: str) -> str:
     """The lock file that one training process holds while it writes the run folder."""
     return os.path.join(model_dir, LOCK)
